@@ -1,0 +1,251 @@
+"""Models by name: Meta's official ViT-B/L/H checkpoints, the project's bundled small model, or any SAM state dict.
+
+Official checkpoints are downloaded on first use into the user cache folder (``SAMTUNE_CACHE_DIR`` overrides it) and
+verified by sha256; a file the user already has is used through ``checkpoint=`` or ``SAMTUNE_CHECKPOINT_<NAME>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import Sam
+
+from .architecture import (
+    OFFICIAL_ARCHITECTURES,
+    SamArchitecture,
+    architecture_from_state_dict,
+    build_sam,
+)
+
+MODEL_FILE_FORMAT = "napari-samtune-model"
+BUNDLED_NAME = "samtune_small"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be loaded; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a named model's weights come from: a URL with its sha256, or a file shipped in the package."""
+
+    name: str
+    filename: str
+    sha256: str
+    url: str | None = None
+    packaged: bool = False
+
+
+_OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+MODEL_SOURCES: dict[str, ModelSource] = {
+    "vit_b": ModelSource(
+        "vit_b",
+        "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        _OFFICIAL_URL + "sam_vit_b_01ec64.pth",
+    ),
+    "vit_l": ModelSource(
+        "vit_l",
+        "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        _OFFICIAL_URL + "sam_vit_l_0b3195.pth",
+    ),
+    "vit_h": ModelSource(
+        "vit_h",
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        _OFFICIAL_URL + "sam_vit_h_4b8939.pth",
+    ),
+}
+
+
+@dataclass
+class SamModel:
+    """A loaded SAM model and what identifies it.
+
+    ``encoder_id`` names the exact image-encoder weights (embeddings computed with one encoder are never reused for
+    another); anything that changes the encoder (LoRA training, an adapter) must give it a new value.
+    """
+
+    sam: Sam
+    name: str
+    architecture: SamArchitecture
+    weights_sha256: str
+    device: torch.device
+    encoder_id: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.encoder_id:
+            self.encoder_id = f"{self.name}:{self.weights_sha256[:16]}"
+
+    @property
+    def img_size(self) -> int:
+        return self.architecture.img_size
+
+
+def default_device(preferred: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU; ``preferred`` or ``SAMTUNE_DEVICE`` overrides the choice."""
+    choice = preferred or os.environ.get("SAMTUNE_DEVICE")
+    if choice:
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded checkpoints and embedding caches (``SAMTUNE_CACHE_DIR`` overrides it)."""
+    env = os.environ.get("SAMTUNE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-samtune"))
+
+
+def available_models() -> list[str]:
+    """Names accepted by ``load_model`` besides a checkpoint path."""
+    return [BUNDLED_NAME, *MODEL_SOURCES]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_checkpoint(source: ModelSource, folder: Path | None = None) -> Path:
+    """Return a local, checksum-verified copy of ``source``, downloading it if needed.
+
+    A download whose checksum does not match raises ``ModelError`` and leaves no file behind.
+    """
+    import pooch
+
+    folder = Path(folder) if folder is not None else cache_dir() / "checkpoints"
+    if source.url is None:
+        raise ModelError(f"model {source.name!r} has no download address")
+    try:
+        path = pooch.retrieve(
+            source.url,
+            known_hash=f"sha256:{source.sha256}",
+            fname=source.filename,
+            path=folder,
+            progressbar=False,
+        )
+    except ValueError as error:  # pooch's checksum mismatch
+        raise ModelError(
+            f"the download of {source.filename} from {source.url} does not have the expected sha256 "
+            f"{source.sha256} (the file was deleted). Try again, or download it yourself and pass checkpoint=PATH. "
+            f"Details: {error}"
+        ) from error
+    except Exception as error:  # offline, HTTP error, DNS…
+        env = f"SAMTUNE_CHECKPOINT_{source.name.upper()}"
+        raise ModelError(
+            f"could not download the {source.name} checkpoint {source.filename} from {source.url} ({error}). "
+            f"If this machine is offline, copy the file from a machine that has it and pass checkpoint=PATH, set "
+            f"{env}=PATH, or put it at {folder / source.filename}."
+        ) from error
+    return Path(path)
+
+
+def load_model(
+    name: str = BUNDLED_NAME,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    verify: bool = True,
+) -> SamModel:
+    """Load a SAM model by name and/or checkpoint file, in eval mode on ``device`` (default: ``default_device``).
+
+    name: ``"samtune_small"`` (bundled, offline), ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` (official, downloaded on
+    first use), or ``"custom"`` with ``checkpoint`` = any state dict in the official layout (architecture detected).
+    checkpoint: a local file to use instead of downloading; for official names it is checked against the official
+    sha256 when ``verify`` (a fine-tuned full model saved under an official name can pass ``verify=False``).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if name == BUNDLED_NAME and checkpoint is None:
+        from .bundled import bundled_model_path, bundled_sha256
+
+        checkpoint = bundled_model_path()
+        expected = bundled_sha256()
+    elif name in MODEL_SOURCES:
+        source = MODEL_SOURCES[name]
+        checkpoint = checkpoint or os.environ.get(f"SAMTUNE_CHECKPOINT_{name.upper()}")
+        if checkpoint is None:
+            checkpoint = fetch_checkpoint(source)
+            verify = False  # fetch_checkpoint verified it
+        expected = source.sha256 if verify else None
+    elif name in ("custom", BUNDLED_NAME):
+        if checkpoint is None:
+            raise ModelError("model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout")
+        expected = None
+    else:
+        raise ModelError(f"unknown model {name!r}; choose one of {available_models()} or 'custom' with a checkpoint")
+
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise ModelError(f"checkpoint file {path} does not exist (model {name!r}); check the path")
+    sha = file_sha256(path)
+    if expected is not None and sha != expected:
+        raise ModelError(
+            f"checkpoint {path} has sha256 {sha} but model {name!r} expects {expected}: the file is corrupt, "
+            "incomplete or a different model. Download it again, or load it as name='custom'."
+        )
+    sam, arch, metadata = _build_from_file(path)
+    return SamModel(
+        sam=sam.to(device),
+        name=name,
+        architecture=arch,
+        weights_sha256=sha,
+        device=device,
+        metadata=metadata,
+    )
+
+
+def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"cannot read checkpoint {path}: {error}. Is it a PyTorch SAM checkpoint?") from error
+    if not isinstance(payload, dict):
+        raise ModelError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
+    if payload.get("format") == MODEL_FILE_FORMAT:
+        arch = SamArchitecture.from_dict(payload["architecture"])
+        state = payload["state_dict"]
+        metadata = dict(payload.get("metadata", {}))
+    else:
+        # Some training scripts wrap the official state dict as {"model": state_dict, ...}.
+        state = payload["model"] if isinstance(payload.get("model"), dict) else payload
+        try:
+            arch = architecture_from_state_dict(state)
+        except (ValueError, KeyError) as error:
+            raise ModelError(f"checkpoint {path}: {error}") from error
+        metadata = {}
+    sam = build_sam(arch)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"checkpoint {path} does not fit the detected architecture: {error}") from error
+    return sam.eval(), arch, metadata
+
+
+def save_model(model: Sam, arch: SamArchitecture, path: str | os.PathLike, *, half: bool = False, **metadata) -> str:
+    """Write a full model in the project's format (architecture + state dict), atomically; return its sha256."""
+    from ..io import atomic_torch_save
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(
+        {"format": MODEL_FILE_FORMAT, "architecture": arch.to_dict(), "state_dict": state, "metadata": metadata},
+        path,
+    )
+    return file_sha256(path)

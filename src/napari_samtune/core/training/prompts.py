@@ -1,0 +1,61 @@
+"""Simulated prompts from ground-truth masks: interior clicks, jittered boxes and corrective clicks.
+
+These stand in for a user during training and evaluation. Coordinates are (x, y) pixel positions of the mask array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def interior_point(mask: np.ndarray) -> tuple[float, float]:
+    """The pixel farthest from the mask's border (maximum of the distance transform), as (x, y)."""
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    return float(x), float(y)
+
+
+def random_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """A point inside ``mask`` drawn with probability ∝ (distance to the border)²: users click near the middle."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = np.pad(mask[y0:y1, x0:x1], 1)
+    dist = ndimage.distance_transform_edt(crop)[1:-1, 1:-1].ravel() ** 2
+    idx = rng.choice(dist.size, p=dist / dist.sum())
+    y, x = np.unravel_index(idx, (y1 - y0, x1 - x0))
+    return float(x + x0), float(y + y0)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box (x0, y0, x1, y1) of a mask, with x1/y1 the last pixel's coordinate."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08) -> np.ndarray:
+    """The mask's box with each side moved by up to ``jitter`` × the box size (clamped to the image)."""
+    box = mask_box(mask)
+    w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+    noise = rng.uniform(-jitter, jitter, 4) * np.array([w, h, w, h])
+    box = box + noise
+    height, width = mask.shape
+    return np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.float32)
+
+
+def corrective_click(pred: np.ndarray, target: np.ndarray) -> tuple[tuple[float, float], int] | None:
+    """Where a user would click next: the interior point of the larger error region.
+
+    Missed object pixels give a positive click (label 1), extra pixels a negative one (label 0); ``None`` when the
+    prediction is already exact.
+    """
+    missed = target & ~pred
+    extra = pred & ~target
+    d_missed = ndimage.distance_transform_edt(np.pad(missed, 1))[1:-1, 1:-1]
+    d_extra = ndimage.distance_transform_edt(np.pad(extra, 1))[1:-1, 1:-1]
+    if d_missed.max() == 0 and d_extra.max() == 0:
+        return None
+    positive = d_missed.max() >= d_extra.max()
+    dist = d_missed if positive else d_extra
+    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    return (float(x), float(y)), int(positive)
