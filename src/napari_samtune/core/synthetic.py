@@ -1,15 +1,15 @@
 """Procedurally generated, labelled microscopy-, EM- and endoscopy-like scenes.
 
-The scenes serve three purposes: pretraining the small promptable model from scratch, napari sample data, and a
-held-out synthetic evaluation set. They are made from random shapes, spectral noise and (as background clutter and
-texture only) the photographs bundled with scikit-image; no real annotated data is involved.
+The scenes serve three purposes: pretraining the small promptable model from scratch, napari sample data and
+a held-out synthetic evaluation set. They are made from random shapes, spectral noise and (as background
+clutter and texture only) the photographs bundled with scikit-image; no real annotated data is involved.
 
 Each scene is drawn by one *regime* (see ``SCENE_KINDS``):
 
 * ``nuclei``: many small star-convex blobs, often clustered/touching; fluorescence (one stain on a dark
   background), H&E-like (purple on pink) or brightfield; chromatin grain, some hollow (bright rim) nuclei.
-* ``cells``: fewer, larger, more irregular cells; filled with texture, phase-contrast (dark rim + bright halo),
-  membrane-stained rings, or with an unlabelled brighter nucleus inside.
+* ``cells``: fewer, larger, more irregular cells; filled with texture, phase contrast (dark rim + bright
+  halo), membrane-stained rings, or with an unlabelled brighter nucleus inside.
 * ``organelles``: EM-like grey cytoplasm with mitochondria (double membrane + cristae), vesicles, granules and
   sometimes a large nucleus.
 * ``membranes``: EM / membrane-stain tissue: warped Voronoi cells separated by thin membranes (labels = cell
@@ -18,8 +18,8 @@ Each scene is drawn by one *regime* (see ``SCENE_KINDS``):
   dermoscopy-like or ultrasound-like (speckle) scenes with one or two large, low-contrast objects.
 * ``blobs``: anything goes: any background (flat, noise, photo), any size regime, any fill.
 
-Every scene then gets uneven illumination, blur, Gaussian/Poisson noise and a random gamma. Lengths are given for
-256 x 256 scenes and scale with ``size``.
+Every scene then gets uneven illumination, blur, Gaussian/Poisson noise and a random gamma. Lengths are given
+for 256 x 256 scenes and scale with ``size``.
 """
 
 from __future__ import annotations
@@ -48,19 +48,26 @@ _COLOUR_P = {"nuclei": 0.5, "cells": 0.5, "organelles": 0.1, "membranes": 0.3, "
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # Fluorescence stain colours (one channel dominant, plus white).
 _STAINS = np.array(
-    [[0.2, 0.4, 1.0], [0.2, 1.0, 0.3], [1.0, 0.25, 0.2], [1.0, 0.3, 1.0], [0.2, 0.9, 1.0], [1.0, 0.9, 0.2],
-     [1.0, 1.0, 1.0]],
+    [
+        [0.2, 0.4, 1.0],  # DAPI / Hoechst blue
+        [0.2, 1.0, 0.3],  # GFP green
+        [1.0, 0.25, 0.2],  # red
+        [1.0, 0.3, 1.0],  # magenta
+        [0.2, 0.9, 1.0],  # cyan
+        [1.0, 0.9, 0.2],  # yellow
+        [1.0, 1.0, 1.0],  # white (single-channel display)
+    ],
     np.float32,
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
 class Scene:
     """One synthetic scene.
 
-    ``image`` is (H, W, 3) uint8 RGB (grey scenes have three equal channels); ``labels`` is (H, W) int32 with
-    0 = background and objects numbered 1..N consecutively, each a single 4-connected region; ``kind`` names the
-    regime (one of ``SCENE_KINDS``) that made it.
+    ``image`` is (H, W, 3) uint8 RGB (grey scenes have three equal channels); ``labels`` is (H, W) int32
+    with 0 = background and objects numbered 1..N consecutively, each a single 4-connected region; ``kind``
+    names the regime (one of ``SCENE_KINDS``) that made it.
     """
 
     image: np.ndarray
@@ -76,8 +83,9 @@ def _spectral_noise(
 ) -> np.ndarray:
     """(H, W) float32 periodic noise, zero mean and unit std, with amplitude spectrum ~ f**-beta.
 
-    ``finest``/``coarsest`` (px) band-limit it: features much smaller than ``finest`` or larger than ``coarsest``
-    are suppressed. One inverse FFT gives every scale at once, far cheaper than large Gaussian filters.
+    ``finest``/``coarsest`` (px) band-limit it: features much smaller than ``finest`` or larger than
+    ``coarsest`` are suppressed. One inverse FFT gives every scale at once, far cheaper than large Gaussian
+    filters.
     """
     h, w = shape
     f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
@@ -96,7 +104,7 @@ def _spectral_noise(
 
 @lru_cache(maxsize=1)
 def _photo_bank() -> tuple[np.ndarray, ...]:
-    """The bundled scikit-image photos as uint8 arrays ((h, w) grey or (h, w, 3) RGB); unloadable ones skipped."""
+    """The bundled scikit-image photos as uint8 arrays ((h, w) or (h, w, 3)); unloadable ones skipped."""
     photos = []
     for name in _PHOTO_NAMES:
         try:
@@ -143,6 +151,7 @@ class _Canvas:
     img: np.ndarray = field(init=False)
     labels: np.ndarray = field(init=False)
     next_id: int = 1
+    contrast: float = 0.1  # the regime's nominal object contrast; noise is kept below it
     fields: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,7 +163,7 @@ class _Canvas:
         """Length scale: every pixel length in this module is for 256 x 256 and is multiplied by this."""
         return self.size / 256.0
 
-    def field(self, key: str) -> np.ndarray:
+    def texture(self, key: str) -> np.ndarray:
         """A named (H, W) float32 texture field, made on first use; ``"cloud:lesion"`` is a second "cloud".
 
         cloud: smooth multi-scale noise; grain: fine band-pass noise (chromatin, mucosa); photo: a photo crop;
@@ -185,8 +194,8 @@ class _Canvas:
         return self.fields[key]
 
     def patch(self, key: str, sl: tuple[slice, slice]) -> np.ndarray:
-        """The field under bounding box ``sl``, taken at a random periodic offset so objects differ."""
-        fld = self.field(key)
+        """The texture under bounding box ``sl``, taken at a random periodic offset so objects differ."""
+        fld = self.texture(key)
         oy, ox = self.rng.integers(self.size, size=2)
         rows = (np.arange(sl[0].start, sl[0].stop) + oy) % self.size
         cols = (np.arange(sl[1].start, sl[1].stop) + ox) % self.size
@@ -206,7 +215,7 @@ class _Canvas:
         """(H, W, C) image: colour ``base`` plus sum(amp * field) along ``direction``."""
         tone = np.zeros((self.size, self.size), np.float32)
         for key, amp in amps.items():
-            tone += amp * self.field(key)
+            tone += amp * self.texture(key)
         return base + tone[..., None] * direction
 
     def paint(self, shp: _Shape, value: np.ndarray, edge: float, label: bool = True) -> None:
@@ -231,7 +240,6 @@ class _Shape:
     rho: np.ndarray  # distance from the centre / outline radius: 0 centre, 1 outline
     dy: np.ndarray  # offsets from the centre, px
     dx: np.ndarray
-    radius: float
     angle: float  # long-axis direction, radians
 
 
@@ -244,8 +252,8 @@ def _star(
     rough: float = 0.0,
     margin: float = 3.0,
 ) -> _Shape | None:
-    """An ellipse of mean radius ``radius`` and axis ratio ``elong`` whose radius is perturbed by random 2nd-5th
-    harmonics (total relative amplitude <= ``rough``), randomly rotated. None if it misses the image.
+    """An ellipse of mean radius ``radius`` and axis ratio ``elong`` whose radius is perturbed by random
+    2nd-5th harmonics (total relative amplitude <= ``rough``), randomly rotated. None if it misses the image.
 
     Only its bounding box (plus ``margin`` px for edges, rims and halos) is evaluated.
     """
@@ -271,7 +279,7 @@ def _star(
         zk = zk * z
         pert += (c * zk).real
     r = (r * pert).astype(np.float32)
-    return _Shape((slice(y0, y1), slice(x0, x1)), dist - r, dist / r, dy, dx, radius, angle)
+    return _Shape((slice(y0, y1), slice(x0, x1)), dist - r, dist / r, dy, dx, angle)
 
 
 def _layout(rng: np.random.Generator, size: int, radii: np.ndarray, cluster_p: float) -> np.ndarray:
@@ -282,7 +290,8 @@ def _layout(rng: np.random.Generator, size: int, radii: np.ndarray, cluster_p: f
         if i and rng.random() < cluster_p:
             j = rng.integers(i)
             ang = rng.uniform(0.0, 2 * np.pi)
-            centres[i] = centres[j] + (radii[j] + r) * rng.uniform(0.75, 1.05) * np.array([np.sin(ang), np.cos(ang)])
+            step = (radii[j] + r) * rng.uniform(0.75, 1.05)
+            centres[i] = centres[j] + step * np.array([np.sin(ang), np.cos(ang)])
         else:
             centres[i] = rng.uniform(-0.05, 1.05, 2) * size
     return centres
@@ -312,7 +321,7 @@ def _polarity(rng: np.random.Generator, level: float, contrast: float) -> float:
 def _nuclei(rng: np.random.Generator, cv: _Canvas) -> None:
     """Many small nuclei: fluorescence, H&E-like or brightfield; clusters, chromatin, hollow nuclei."""
     s = cv.s
-    c = _contrast(rng)
+    c = cv.contrast = _contrast(rng)
     style = rng.choice(3, p=[0.55, 0.25, 0.2])
     if style == 0:  # fluorescence: one stain on a dark, slightly autofluorescent background
         obj_dir = cv.direction(_STAINS[rng.integers(len(_STAINS))])
@@ -323,9 +332,10 @@ def _nuclei(rng: np.random.Generator, cv: _Canvas) -> None:
         pink = np.array([rng.uniform(0.85, 0.98), rng.uniform(0.55, 0.8), rng.uniform(0.75, 0.92)])
         purple = np.array([rng.uniform(0.25, 0.5), rng.uniform(0.1, 0.3), rng.uniform(0.4, 0.7)])
         bg, obj_dir = cv.colour(pink), cv.direction(purple - pink)
-        fibre_dir = cv.direction([0.1, 0.5, 0.2])
-        cv.img[:] = cv.textured(bg, -fibre_dir, {"cloud": rng.uniform(0.02, 0.08), "fibre": rng.uniform(0, 0.25)})
-        c, sign = max(c, 0.15), 1.0
+        amps = {"cloud": rng.uniform(0.02, 0.08), "fibre": rng.uniform(0, 0.25)}
+        cv.img[:] = cv.textured(bg, -cv.direction([0.1, 0.5, 0.2]), amps)  # eosin strands: pinker
+        c = cv.contrast = max(c, 0.15)
+        sign = 1.0
     else:  # brightfield / generic grey or tinted
         level = rng.uniform(0.2, 0.9)
         bg = level * cv.colour(rng.uniform(0.7, 1.0, 3))
@@ -341,11 +351,11 @@ def _nuclei(rng: np.random.Generator, cv: _Canvas) -> None:
     edge = rng.uniform(0.6, 2.0) * s
     chromatin, hollow_p = rng.uniform(0.0, 0.4), rng.choice((0.0, 0.3))
     for centre, r in zip(centres, radii):
-        shp = _star(rng, cv.size, centre, r, rng.uniform(1.0, 1.8), rng.uniform(0.0, 0.15))
+        shp = _star(rng, cv.size, centre, r, rng.uniform(1.0, 1.8), rng.uniform(0.0, 0.15), margin=edge + 2)
         if shp is None:
             continue
         amount = c * rng.uniform(0.5, 1.2)
-        tone = amount * (1.0 + chromatin * cv.patch("grain", shp.sl))
+        tone = amount * np.maximum(1.0 + chromatin * cv.patch("grain", shp.sl), 0.2)  # keep the polarity
         if rng.random() < hollow_p:  # dim interior, bright rim
             tone = 0.45 * tone + 0.7 * amount * _band(shp.d, -1.5 * s, 1.5 * s)
         cv.paint(shp, bg + sign * tone[..., None] * obj_dir, edge)
@@ -354,7 +364,7 @@ def _nuclei(rng: np.random.Generator, cv: _Canvas) -> None:
 def _cells(rng: np.random.Generator, cv: _Canvas) -> None:
     """Fewer, larger, irregular cells: fluorescent cytoplasm, phase contrast, membrane rings or filled."""
     s = cv.s
-    c = _contrast(rng)
+    c = cv.contrast = _contrast(rng)
     style = rng.choice(4, p=[0.35, 0.25, 0.2, 0.2])  # fluorescence, phase contrast, membrane ring, filled
     if style in (0, 2) and rng.random() < 0.8:  # dark background, stained cells
         obj_dir = cv.direction(_STAINS[rng.integers(len(_STAINS))])
@@ -380,13 +390,14 @@ def _cells(rng: np.random.Generator, cv: _Canvas) -> None:
             continue
         amount = c * rng.uniform(0.6, 1.2)
         if style == 1:  # phase contrast: slightly darker body, dark inner rim, bright outer halo (unlabelled)
-            tone = -0.3 * amount * (1 + texture * cv.patch("cloud", shp.sl)) - 0.6 * amount * _band(shp.d, -w, w)
+            body = -0.3 * (1 + texture * cv.patch("cloud", shp.sl))
+            tone = amount * (body - 0.6 * _band(shp.d, -w, w))
             halo = 0.8 * amount * _band(shp.d, 1.5 * w, w) * (shp.d > 0)
             cv.img[shp.sl] += halo[..., None] * obj_dir
         elif style == 2:  # membrane-stained ring, interior close to background
             tone = amount * (rng.uniform(-0.15, 0.2) + _band(shp.d, -w, 0.7 * w))
         else:
-            tone = amount * (1.0 + texture * cv.patch("cloud", shp.sl))
+            tone = amount * np.maximum(1.0 + texture * cv.patch("cloud", shp.sl), 0.2)
             if rng.random() < 0.5:  # brighter unlabelled nucleus inside the cell
                 oy, ox = rng.uniform(-0.25, 0.25, 2) * r
                 inner = np.clip((0.4 * r - np.hypot(shp.dy - oy, shp.dx - ox)) / (1.5 * s), 0.0, 1.0)
@@ -397,7 +408,7 @@ def _cells(rng: np.random.Generator, cv: _Canvas) -> None:
 def _organelles(rng: np.random.Generator, cv: _Canvas) -> None:
     """EM cytoplasm with mitochondria (double membrane, cristae), vesicles, granules, maybe a nucleus."""
     s = cv.s
-    c = _contrast(rng, 0.1, 0.6)
+    c = cv.contrast = _contrast(rng, 0.1, 0.6)
     level = rng.uniform(0.35, 0.75)
     sign = -1.0 if rng.random() < 0.8 else 1.0  # EM: membranes and dense matter are usually dark
     one = cv.direction([1.0, 1.0, 1.0])
@@ -407,11 +418,13 @@ def _organelles(rng: np.random.Generator, cv: _Canvas) -> None:
         one,
         {"cloud": rng.uniform(0.02, 0.1), "grain": rng.uniform(0.02, 0.08), "photo": rng.uniform(0, 0.06)},
     )
-    cv.img -= (rng.uniform(0.0, 0.25) * c * cv.field("fibre"))[..., None] * one  # ER-like unlabelled membranes
+    er = rng.uniform(0.0, 0.25) * c * cv.texture("fibre")  # ER-like unlabelled membranes
+    cv.img -= er[..., None] * one
 
     edge, w = rng.uniform(0.6, 1.8) * s, rng.uniform(0.8, 2.0) * s
     if rng.random() < 0.3:  # a large nucleus first, so organelles may overlap it
-        shp = _star(rng, cv.size, rng.uniform(0.1, 0.9, 2) * cv.size, rng.uniform(35, 85) * s, 1.3, 0.15, 3 * w)
+        centre = rng.uniform(0.1, 0.9, 2) * cv.size
+        shp = _star(rng, cv.size, centre, rng.uniform(35, 85) * s, 1.3, 0.15, margin=3 * w)
         if shp is not None:
             tone = c * (0.4 + 0.3 * cv.patch("grain", shp.sl) + 1.2 * _band(shp.d, -w, w))
             cv.paint(shp, bg + sign * tone[..., None] * one, edge)
@@ -427,11 +440,9 @@ def _organelles(rng: np.random.Generator, cv: _Canvas) -> None:
         amount = c * rng.uniform(0.6, 1.2)
         if kind == 0:  # double membrane + cristae stripes across the long axis
             period = rng.uniform(3, 7) * s
-            stripes = np.cos(2 * np.pi * (shp.dx * np.cos(shp.angle) - shp.dy * np.sin(shp.angle)) / period)
-            tone = amount * (
-                0.5 + 0.3 * rng.uniform(0, 1) * stripes + _band(shp.d, -0.7 * w, 0.6 * w)
-                + 0.6 * _band(shp.d, -2.2 * w, 0.6 * w)
-            )  # fmt: skip
+            stripes = np.cos(2 * np.pi * (shp.dx * np.cos(shp.angle) + shp.dy * np.sin(shp.angle)) / period)
+            rims = _band(shp.d, -0.7 * w, 0.6 * w) + 0.6 * _band(shp.d, -2.2 * w, 0.6 * w)
+            tone = amount * (0.5 + 0.3 * rng.uniform(0, 1) * stripes + rims)
         elif kind == 1:  # vesicle: membrane ring, lumen near or lighter than background
             tone = amount * (rng.uniform(-0.4, 0.2) + 1.2 * _band(shp.d, -w, 0.7 * w))
         else:  # dense granule / lipid droplet
@@ -442,11 +453,11 @@ def _organelles(rng: np.random.Generator, cv: _Canvas) -> None:
 def _membranes(rng: np.random.Generator, cv: _Canvas) -> None:
     """Tissue of warped Voronoi cells with thin membranes; labels are cell interiors, plus organelle blobs."""
     s, size = cv.s, cv.size
-    n = int(rng.integers(8, 71))
+    n = int(rng.integers(6, 46))
     if rng.random() < 0.5:
         seeds = rng.uniform(0, size, (n, 2))
     else:  # jittered grid: more regular epithelium
-        g = int(np.ceil(np.sqrt(n)))
+        g = int(np.sqrt(n))
         grid = (np.stack(np.meshgrid(np.arange(g), np.arange(g), indexing="ij"), -1).reshape(-1, 2) + 0.5) / g
         seeds = (grid + rng.normal(0, 0.25 / g, grid.shape)) * size
     seeds = np.clip(seeds, 0, size - 1).astype(int)
@@ -455,8 +466,8 @@ def _membranes(rng: np.random.Generator, cv: _Canvas) -> None:
     # Nearest seed via one EDT (Voronoi), sampled through a smooth random warp so membranes wiggle.
     _, (iy, ix) = ndimage.distance_transform_edt(seed_img == 0, return_indices=True)
     warp = rng.uniform(2.0, 14.0) * s
-    yy = np.clip(np.arange(size)[:, None] + warp * cv.field("cloud"), 0, size - 1).astype(int)
-    xx = np.clip(np.arange(size)[None, :] + warp * cv.field("cloud:warp"), 0, size - 1).astype(int)
+    yy = np.clip(np.arange(size)[:, None] + warp * cv.texture("cloud"), 0, size - 1).astype(int)
+    xx = np.clip(np.arange(size)[None, :] + warp * cv.texture("cloud:warp"), 0, size - 1).astype(int)
     cells = seed_img[iy, ix][yy, xx]
     edges = np.zeros((size, size), bool)
     edges[1:] |= cells[1:] != cells[:-1]
@@ -465,7 +476,7 @@ def _membranes(rng: np.random.Generator, cv: _Canvas) -> None:
     w = rng.uniform(0.7, 2.5) * s
     membrane = np.exp(-((to_membrane / w) ** 2))
 
-    c = _contrast(rng, 0.15, 0.7)
+    c = cv.contrast = _contrast(rng, 0.15, 0.7)
     fluorescent = cv.channels == 3 and rng.random() < 0.6  # bright membranes on dark interiors
     if fluorescent:
         mem_dir = cv.direction(_STAINS[rng.integers(len(_STAINS))])
@@ -475,7 +486,8 @@ def _membranes(rng: np.random.Generator, cv: _Canvas) -> None:
         level, sign = rng.uniform(0.35, 0.8), -1.0
     bg = level * cv.colour(rng.uniform(0.85, 1.0, 3))
     cell_tone = rng.uniform(-0.3, 0.3, len(seeds) + 1) * c  # each cell its own shade
-    tone = cell_tone[cells] + rng.uniform(0.0, 0.3) * c * cv.field("grain") + rng.uniform(0, 0.05) * cv.field("cloud")
+    texture = rng.uniform(0.0, 0.3) * c * cv.texture("grain") + rng.uniform(0, 0.05) * cv.texture("cloud")
+    tone = cell_tone[cells] + texture
     tone = tone * (1 - membrane) + sign * c * membrane
     cv.img[:] = bg + tone[..., None] * mem_dir
     cv.labels[:] = np.where(to_membrane > 0.8 * w, cells, 0)
@@ -483,10 +495,11 @@ def _membranes(rng: np.random.Generator, cv: _Canvas) -> None:
 
     # Organelle blobs inside some cells, labelled as their own objects.
     edge, dark = rng.uniform(0.6, 1.5) * s, -1.0 if not fluorescent else 1.0
-    for seed in seeds[rng.random(len(seeds)) < rng.uniform(0.0, 0.6)]:
-        for _ in range(rng.integers(1, 4)):
+    for seed in seeds[rng.random(len(seeds)) < rng.uniform(0.0, 0.5)]:
+        for _ in range(rng.integers(1, 3)):
             centre = seed + rng.normal(0.0, 6 * s, 2)
-            shp = _star(rng, size, centre, rng.uniform(3, 10) * s, rng.uniform(1.0, 2.5), 0.1)
+            r = rng.uniform(3, 10) * s
+            shp = _star(rng, size, centre, r, rng.uniform(1.0, 2.5), 0.1, margin=edge + 2)
             if shp is not None:
                 cv.paint(shp, bg + dark * c * rng.uniform(0.5, 1.2) * mem_dir, edge)
 
@@ -509,11 +522,13 @@ def _lesion(rng: np.random.Generator, cv: _Canvas) -> None:
     shade = cv.direction(tissue)
     cv.img[:] = cv.textured(bg, shade, tissue_amps)
     if style == 0:  # vessels: darker, redder lines
-        cv.img -= (rng.uniform(0.05, 0.2) * cv.field("fibre"))[..., None] * cv.direction([0.3, 1.0, 0.8])
+        cv.img -= (rng.uniform(0.05, 0.2) * cv.texture("fibre"))[..., None] * cv.direction([0.3, 1.0, 0.8])
 
     for _ in range(rng.integers(1, 3)):
         r = rng.uniform(30, 100) * s
-        shp = _star(rng, size, rng.uniform(0.2, 0.8, 2) * size, r, rng.uniform(1.0, 1.6), rng.uniform(0.05, 0.3))
+        centre = rng.uniform(0.2, 0.8, 2) * size
+        edge = rng.uniform(1.0, 5.0) * s
+        shp = _star(rng, size, centre, r, rng.uniform(1.0, 1.6), rng.uniform(0.05, 0.3), margin=edge + 2)
         assert shp is not None  # centred well inside the image
         if style == 1:  # pigmented lesion: darker, browner, with a network texture
             colour = cv.colour([rng.uniform(0.3, 0.6), rng.uniform(0.18, 0.35), rng.uniform(0.1, 0.25)])
@@ -521,17 +536,19 @@ def _lesion(rng: np.random.Generator, cv: _Canvas) -> None:
         else:  # hue shift and a small brightness change; the texture carries most of the edge
             hue = rng.uniform(0.85, 1.15, 1 if style == 2 else 3)  # ultrasound stays grey
             colour = bg * cv.colour(np.broadcast_to(hue, 3)) + rng.uniform(-0.12, 0.12)
-            key = ("grain:lesion", "cloud:lesion", "photo", "speckle:lesion")[rng.integers(4 if style == 2 else 3)]
+            keys = ("grain:lesion", "cloud:lesion", "photo", "speckle:lesion")
+            key = keys[rng.integers(4 if style == 2 else 3)]  # speckle only for ultrasound
             tex = rng.uniform(0.04, 0.15) * cv.patch(key, shp.sl) * (0.5 if key == "photo" else 1.0)
         dome = np.sqrt(np.clip(1.0 - shp.rho**2, 0.0, 1.0))  # polyp as a lit dome
         ang = rng.uniform(0, 2 * np.pi)
         light = (np.cos(ang) * shp.dx + np.sin(ang) * shp.dy) / r
         tone = 1.0 + tex + rng.uniform(0.0, 0.15) * (dome - 0.5) + rng.uniform(0.0, 0.1) * light
-        cv.paint(shp, colour * tone[..., None], rng.uniform(1.0, 5.0) * s)
+        cv.paint(shp, colour * tone[..., None], edge)
 
     if style == 0:
         # Specular highlights (unlabelled): saturated spots where a fine field peaks, more on the lesions.
-        peaks = cv.field("grain:spec") + 1.5 * (cv.labels > 0) * rng.uniform(0.0, 1.0)
+        spots = _spectral_noise(rng, (size, size), 0.5, coarsest=40 * s, finest=rng.uniform(2.0, 6.0) * s)
+        peaks = spots + 1.5 * (cv.labels > 0) * rng.uniform(0.0, 1.0)
         spec = np.clip((peaks - rng.uniform(2.6, 3.8)) * 2.0, 0.0, 1.0)
         cv.img += spec[..., None] * (1.2 - cv.img)
     if style != 2:  # endoscope / dermatoscope vignetting, sometimes a black circular field of view
@@ -547,12 +564,13 @@ def _lesion(rng: np.random.Generator, cv: _Canvas) -> None:
 def _blobs(rng: np.random.Generator, cv: _Canvas) -> None:
     """Catch-all: any background, size regime, fill (flat/texture/photo), rim and colour."""
     s, size = cv.s, cv.size
+    c = cv.contrast = _contrast(rng)
     level = rng.uniform(0.05, 0.95)
     bg_style = rng.choice(3)  # flat, noise, photo
     if bg_style == 2:
         photo = _photo_crop(rng, (size, size), grey=cv.channels == 1)
         photo = photo.reshape(size, size, cv.channels)
-        mix = rng.uniform(0.3, 1.0)  # photo contrast
+        mix = rng.uniform(0.2, 1.0) * min(1.0, 0.3 + 2.0 * c)  # clutter no more than a few times the objects
         cv.img[:] = level * (1 - mix) + mix * photo
         bg = cv.img.mean(axis=(0, 1))
     else:
@@ -562,13 +580,13 @@ def _blobs(rng: np.random.Generator, cv: _Canvas) -> None:
         cv.img += rng.uniform(0.0, 0.01) * rng.standard_normal(cv.img.shape, np.float32)
 
     regime = rng.choice(4)  # many small, few medium, one or two large, mixed
-    n = (int(rng.integers(10, 61)), int(rng.integers(2, 13)), int(rng.integers(1, 3)), int(rng.integers(3, 30)))
-    n = n[regime]
+    n = int(rng.integers(*((10, 61), (2, 13), (1, 3), (3, 30))[regime]))
     bounds = ((4, 18), (12, 45), (30, 90), (4, 70))[regime]
     radii = np.exp(rng.uniform(*np.log(bounds), n)) * s
     centres = _layout(rng, size, radii, cluster_p=rng.choice((0.0, 0.3, 0.6)))
-    c = _contrast(rng)
-    sign = _polarity(rng, float(np.mean(bg)), c)
+    bg_level = float(np.mean(bg))
+    sign = _polarity(rng, bg_level, c)
+    can_flip = c <= bg_level <= 1.0 - c  # objects of the other polarity only where they can show
     per_object_colour = cv.channels == 3 and rng.random() < 0.5
     scene_dir = cv.direction(rng.uniform(0.2, 1.0, 3))
     edge, w = rng.uniform(0.5, 3.0) * s, rng.uniform(1.0, 4.0) * s
@@ -578,13 +596,13 @@ def _blobs(rng: np.random.Generator, cv: _Canvas) -> None:
         if shp is None:
             continue
         obj_dir = cv.direction(rng.uniform(0.0, 1.0, 3) + 0.05) if per_object_colour else scene_dir
-        obj_sign = sign if rng.random() < 0.85 else -sign
+        obj_sign = -sign if can_flip and rng.random() < 0.15 else sign
         amount = c * rng.uniform(0.6, 1.3)
         fill = rng.choice(4)  # flat, cloud, grain, photo
         tone = np.full(shp.d.shape, amount, np.float32)
         if fill:
             key = ("cloud", "grain:obj", "photo:obj")[fill - 1]
-            tone *= 1.0 + rng.uniform(0.2, 0.8) * cv.patch(key, shp.sl)
+            tone *= np.maximum(1.0 + rng.uniform(0.2, 0.8) * cv.patch(key, shp.sl), 0.1)
         if rng.random() < rim_p:
             tone += rng.uniform(-1.0, 1.0) * amount * _band(shp.d, -w, w)
         cv.paint(shp, bg + obj_sign * tone[..., None] * obj_dir, edge)
@@ -600,7 +618,7 @@ _REGIMES: dict[str, Callable[[np.random.Generator, _Canvas], None]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------- finishing touches
+# ------------------------------------------------------------------------------------------ finishing touches
 
 
 def _clean_labels(labels: np.ndarray) -> np.ndarray:
@@ -612,8 +630,11 @@ def _clean_labels(labels: np.ndarray) -> np.ndarray:
     return segmentation.relabel_sequential(parts)[0].astype(np.int32)
 
 
-def _degrade(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
-    """Uneven illumination, blur, noise and gamma on an (H, W, C) float image; returns (H, W, 3) uint8."""
+def _degrade(rng: np.random.Generator, img: np.ndarray, contrast: float) -> np.ndarray:
+    """Uneven illumination, blur, noise and gamma on an (H, W, C) float image; returns (H, W, 3) uint8.
+
+    The per-pixel noise std stays below ~0.6 x ``contrast`` so that objects remain (just) visible.
+    """
     h, w = img.shape[:2]
     y = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
     x = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
@@ -626,9 +647,11 @@ def _degrade(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     noise = rng.choice(3)  # Gaussian, Poisson, both
     if noise >= 1:
         peak = np.exp(rng.uniform(np.log(20), np.log(500)))  # photons at full scale
+        peak = max(peak, float(img.mean()) / (0.6 * contrast) ** 2)  # Poisson std sqrt(mean / peak)
         img = rng.poisson(img * peak).astype(np.float32) / peak
     if noise != 1:
-        img = img + rng.uniform(0.0, 0.06) * rng.standard_normal(img.shape, np.float32)
+        sd = rng.uniform(0.0, min(0.06, 0.6 * contrast))
+        img = img + sd * rng.standard_normal(img.shape, np.float32)
     img = np.clip(img, 0.0, 1.0) ** np.exp(rng.uniform(np.log(0.7), np.log(1.5)))
     if rng.random() < 0.3:  # viewer-style auto-contrast
         lo, hi = np.percentile(img, (0.5, 99.5))
@@ -657,10 +680,13 @@ def make_scene(rng: np.random.Generator, size: int = 256, kind: str | None = Non
         _REGIMES[kind](rng, cv)
         labels = _clean_labels(cv.labels)
         if labels.max() > 0 and np.bincount(labels.ravel())[1:].max() >= _MIN_OBJECT:
-            return Scene(_degrade(rng, cv.img), labels, kind)
+            return Scene(_degrade(rng, cv.img, cv.contrast), labels, kind)
     raise RuntimeError(f"could not make a {kind!r} scene with an object of >= {_MIN_OBJECT} px")
 
 
 def make_scenes(n: int, seed: int, size: int = 256, kind: str | None = None) -> list[Scene]:
-    """``n`` scenes; scene ``i`` comes from ``np.random.default_rng([seed, i])``, so any one can be remade alone."""
+    """``n`` scenes as from ``make_scene`` ((size, size, 3) uint8 images, (size, size) int32 labels).
+
+    Scene ``i`` comes from ``np.random.default_rng([seed, i])``, so any one of them can be remade alone.
+    """
     return [make_scene(np.random.default_rng([seed, i]), size, kind) for i in range(n)]

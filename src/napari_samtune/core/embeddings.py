@@ -1,0 +1,243 @@
+"""Image embeddings: encode each plane once (tiled when larger than the model input) and cache it on disk in zarr.
+
+A cache store is keyed by the encoder's identity, the image content and the preprocessing/tiling parameters. Each
+plane's embedding is marked done only after it is fully written, so a store left by an interrupted run is completed
+rather than trusted; a store whose key or layout does not match is rebuilt (or refused with ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .decoder import normalize_pixels
+from .image import Volume
+from .models.registry import SamModel, cache_dir
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+class CacheError(RuntimeError):
+    """An embedding cache that cannot be used; the message names the store and what to do."""
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a plane is cut for the encoder.
+
+    mode "auto": planes larger than the model input are cut into overlapping tiles at native resolution; smaller ones
+    are resized to the input (SAM's longest-side resize). "never": always resize the whole plane.
+    """
+
+    mode: str = "auto"
+    overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "never"):
+            raise ValueError(f"tiling mode must be 'auto' or 'never', got {self.mode!r}")
+        if self.overlap < 0:
+            raise ValueError(f"tile overlap must be ≥ 0, got {self.overlap}")
+
+
+@dataclass(frozen=True)
+class PlaneEmbedding:
+    """The encoder's output for one plane.
+
+    features: ``(T, C, h, w)`` float32, one per tile. tiles: ``(T, 4)`` int (row0, col0, row1, col1) in plane pixels.
+    scale: encoder-input pixels per plane pixel (1.0 when tiled). input_size: the encoder's square input side.
+    """
+
+    features: torch.Tensor
+    tiles: np.ndarray
+    scale: float
+    plane_shape: tuple[int, int]
+    input_size: int
+
+
+def tile_grid(shape: tuple[int, int], size: int, tiling: Tiling) -> tuple[np.ndarray, float]:
+    """Tiles (row0, col0, row1, col1) covering a plane of ``shape``, and the resize scale."""
+    h, w = shape
+    if max(h, w) <= size or tiling.mode == "never":
+        return np.array([[0, 0, h, w]]), size / max(h, w)
+    overlap = min(tiling.overlap, size // 2)
+
+    def starts(length: int) -> np.ndarray:
+        if length <= size:
+            return np.array([0])
+        n = int(np.ceil((length - overlap) / (size - overlap)))
+        return np.round(np.linspace(0, length - size, n)).astype(int)
+
+    tiles = [(r, c, min(r + size, h), min(c + size, w)) for r in starts(h) for c in starts(w)]
+    return np.array(tiles), 1.0
+
+
+def tile_inputs(plane: np.ndarray, tiles: np.ndarray, scale: float) -> list[torch.Tensor]:
+    """Each tile of an ``(H, W, 3)`` plane as ``(1, 3, h, w)`` float in [0, 255], resized by ``scale``."""
+    out = []
+    for r0, c0, r1, c1 in tiles:
+        crop = torch.from_numpy(np.ascontiguousarray(plane[r0:r1, c0:c1])).permute(2, 0, 1)[None]
+        if scale != 1.0:
+            new = (round((r1 - r0) * scale), round((c1 - c0) * scale))
+            crop = F.interpolate(crop, size=new, mode="bilinear", align_corners=False, antialias=scale < 1)
+        out.append(crop)
+    return out
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.pad(x, (0, size - x.shape[-1], 0, size - x.shape[-2]))
+
+
+@torch.inference_mode()
+def encode_tiles(model: SamModel, inputs: list[torch.Tensor], batch_size: int = 4) -> torch.Tensor:
+    """Encode tiles given as ``(1, 3, h, w)`` in [0, 255] with h, w ≤ the model input; returns ``(T, C, gh, gw)``.
+
+    Each tile is standardised, then zero-padded bottom/right to the input size (SAM's order).
+    """
+    sam, size = model.sam, model.img_size
+    ready = [_pad_to(normalize_pixels(sam, t.to(model.device, torch.float32)), size) for t in inputs]
+    feats = [
+        sam.image_encoder(torch.cat(ready[i : i + batch_size])).float().cpu() for i in range(0, len(ready), batch_size)
+    ]
+    return torch.cat(feats)
+
+
+class EmbeddingStore:
+    """Lazily encoded, disk-cached embeddings of every plane of a ``Volume`` for one model.
+
+    ``cache_root=None`` uses the user cache folder; ``cache_root=False`` keeps embeddings in memory only.
+    """
+
+    def __init__(
+        self,
+        model: SamModel,
+        volume: Volume,
+        *,
+        tiling: Tiling | None = None,
+        cache_root: str | Path | None | bool = None,
+        strict: bool = False,
+        batch_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.volume = volume
+        self.tiling = tiling or Tiling()
+        self.batch_size = batch_size
+        self.tiles, self.scale = tile_grid(volume.plane_shape, model.img_size, self.tiling)
+        self.key = self._key()
+        self._memory: dict[int, torch.Tensor] = {}
+        self._group = None
+        if cache_root is not False:
+            root = Path(cache_root) if cache_root not in (None, True) else cache_dir() / "embeddings"
+            self.path = root / f"{self.key}.zarr"
+            self._group = self._open(strict)
+        else:
+            self.path = None
+
+    def _key(self) -> str:
+        params = {
+            "format": CACHE_FORMAT,
+            "encoder": self.model.encoder_id,
+            "image": self.volume.content_hash(),
+            "normalisation": [self.volume.low, self.volume.high],
+            "tiling": [self.tiling.mode, self.tiling.overlap],
+            "input_size": self.model.img_size,
+        }
+        return hashlib.blake2b(json.dumps(params, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+    def _layout(self) -> dict:
+        return {
+            "key": self.key,
+            "format": CACHE_FORMAT,
+            "tiles": self.tiles.tolist(),
+            "scale": self.scale,
+            "plane_shape": list(self.volume.plane_shape),
+            "n_planes": self.volume.n_planes,
+        }
+
+    def _open(self, strict: bool):
+        import zarr
+
+        if self.path.exists():
+            problem = None
+            try:
+                group = zarr.open_group(str(self.path), mode="a")
+                attrs = dict(group.attrs)
+                if {k: attrs.get(k) for k in self._layout()} != self._layout():
+                    problem = "its key or layout does not match this image and model"
+                elif group["features"].shape[:2] != (self.volume.n_planes, len(self.tiles)):
+                    problem = "its feature array has the wrong shape"
+                else:
+                    return group
+            except Exception as error:  # unreadable metadata, missing arrays…
+                problem = f"it cannot be read ({error})"
+            if strict:
+                raise CacheError(
+                    f"embedding cache {self.path} is unusable: {problem}. Delete it, or open without strict=True "
+                    "to rebuild it."
+                )
+            log.warning("rebuilding embedding cache %s: %s", self.path, problem)
+            shutil.rmtree(self.path, ignore_errors=True)
+        return self._create()
+
+    def _create(self):
+        import zarr
+
+        arch = self.model.architecture
+        grid = arch.embedding_size
+        group = zarr.open_group(str(self.path), mode="w")
+        group.create_array(
+            "features",
+            shape=(self.volume.n_planes, len(self.tiles), arch.prompt_embed_dim, grid, grid),
+            chunks=(1, 1, arch.prompt_embed_dim, grid, grid),
+            dtype="float32",
+            fill_value=0.0,
+        )
+        group.create_array("done", shape=(self.volume.n_planes,), dtype="bool", fill_value=False)
+        group.attrs.update(self._layout())
+        return group
+
+    def is_cached(self, index: int) -> bool:
+        if index in self._memory:
+            return True
+        return self._group is not None and bool(self._group["done"][index])
+
+    def plane(self, index: int) -> PlaneEmbedding:
+        """The embedding of plane ``index``, read from the cache or computed (and cached) now."""
+        if index in self._memory:
+            features = self._memory[index]
+        elif self._group is not None and bool(self._group["done"][index]):
+            features = torch.from_numpy(np.asarray(self._group["features"][index]))
+        else:
+            features = self._encode(index)
+        self._memory = {index: features}  # keep only the last plane in memory: stacks can be large
+        return PlaneEmbedding(features, self.tiles, self.scale, self.volume.plane_shape, self.model.img_size)
+
+    def _encode(self, index: int) -> torch.Tensor:
+        inputs = tile_inputs(self.volume.plane(index), self.tiles, self.scale)
+        features = encode_tiles(self.model, inputs, self.batch_size)
+        if self._group is not None:
+            self._group["features"][index] = features.numpy()
+            self._group["done"][index] = True  # only after the features are fully written
+        return features
+
+    def encode_all(
+        self, planes: list[int] | None = None, should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[dict]:
+        """Encode (or find cached) every plane; yields ``{"done": i, "total": n, "cached": bool}`` after each."""
+        planes = list(range(self.volume.n_planes)) if planes is None else planes
+        for i, index in enumerate(planes):
+            if should_stop():
+                return
+            cached = self.is_cached(index)
+            if not cached:
+                self._encode(index)
+            yield {"done": i + 1, "total": len(planes), "cached": cached, "plane": index}
