@@ -31,7 +31,9 @@ def _outputs(sam, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.rand(1, 3, size, size) * 255
     with torch.no_grad():
         emb = sam.image_encoder((image - sam.pixel_mean) / sam.pixel_std)
-        sparse, dense = sam.prompt_encoder(points=(torch.tensor([[[10.0, 20.0]]]), torch.ones(1, 1)), boxes=None, masks=None)
+        sparse, dense = sam.prompt_encoder(
+            points=(torch.tensor([[[10.0, 20.0]]]), torch.ones(1, 1)), boxes=None, masks=None
+        )
         masks, iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
     return masks, iou
 

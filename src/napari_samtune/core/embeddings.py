@@ -106,7 +106,8 @@ def encode_tiles(model: SamModel, inputs: list[torch.Tensor], batch_size: int = 
     sam, size = model.sam, model.img_size
     ready = [_pad_to(normalize_pixels(sam, t.to(model.device, torch.float32)), size) for t in inputs]
     feats = [
-        sam.image_encoder(torch.cat(ready[i : i + batch_size])).float().cpu() for i in range(0, len(ready), batch_size)
+        sam.image_encoder(torch.cat(ready[i : i + batch_size])).float().cpu()
+        for i in range(0, len(ready), batch_size)
     ]
     return torch.cat(feats)
 
@@ -123,7 +124,7 @@ class EmbeddingStore:
         volume: Volume,
         *,
         tiling: Tiling | None = None,
-        cache_root: str | Path | None | bool = None,
+        cache_root: str | Path | bool | None = None,
         strict: bool = False,
         batch_size: int = 4,
     ) -> None:
@@ -131,6 +132,7 @@ class EmbeddingStore:
         self.volume = volume
         self.tiling = tiling or Tiling()
         self.batch_size = batch_size
+        self.strict = strict
         self.tiles, self.scale = tile_grid(volume.plane_shape, model.img_size, self.tiling)
         self.key = self._key()
         self._memory: dict[int, torch.Tensor] = {}
@@ -175,6 +177,8 @@ class EmbeddingStore:
                     problem = "its key or layout does not match this image and model"
                 elif group["features"].shape[:2] != (self.volume.n_planes, len(self.tiles)):
                     problem = "its feature array has the wrong shape"
+                elif group["done"][:].shape != (self.volume.n_planes,):
+                    problem = "its array of finished planes has the wrong shape"
                 else:
                     return group
             except Exception as error:  # unreadable metadata, missing arrays…
@@ -215,11 +219,23 @@ class EmbeddingStore:
         if index in self._memory:
             features = self._memory[index]
         elif self._group is not None and bool(self._group["done"][index]):
-            features = torch.from_numpy(np.asarray(self._group["features"][index]))
+            features = self._read(index)
         else:
             features = self._encode(index)
         self._memory = {index: features}  # keep only the last plane in memory: stacks can be large
         return PlaneEmbedding(features, self.tiles, self.scale, self.volume.plane_shape, self.model.img_size)
+
+    def _read(self, index: int) -> torch.Tensor:
+        try:
+            return torch.from_numpy(np.asarray(self._group["features"][index]))
+        except Exception as error:  # a damaged chunk (disk error, a copy cut short): encode it again
+            if self.strict:
+                raise CacheError(
+                    f"embedding cache {self.path} is unusable: plane {index} cannot be read ({error}). "
+                    "Delete it, or open without strict=True to rebuild it."
+                ) from error
+            log.warning("re-encoding plane %d of embedding cache %s: %s", index, self.path, error)
+            return self._encode(index)
 
     def _encode(self, index: int) -> torch.Tensor:
         inputs = tile_inputs(self.volume.plane(index), self.tiles, self.scale)
@@ -227,6 +243,7 @@ class EmbeddingStore:
         if self._group is not None:
             self._group["features"][index] = features.numpy()
             self._group["done"][index] = True  # only after the features are fully written
+        self._memory = {index: features}  # so that encode_all() without a disk cache is not wasted
         return features
 
     def encode_all(

@@ -86,8 +86,13 @@ class Predictor:
         scores = np.zeros(n, dtype=np.float32)
         grid = embedding.features.shape[-1] * 4
         low_res = torch.zeros(n, 1, grid, grid)
-        for t in np.unique(tile_of):
-            members = np.nonzero(tile_of == t)[0]
+        # Padding tokens and a blank mask input change SAM's output, so only objects with the same prompt layout
+        # share a decoder call: each object gets the mask it would get on its own.
+        batches: dict[tuple, list[int]] = {}
+        for i, p in enumerate(checked):
+            batches.setdefault((tile_of[i], *_layout(p)), []).append(i)
+        for (t, _, has_mask), indices in batches.items():
+            members = np.array(indices)
             r0, c0, r1, c1 = embedding.tiles[t]
             frame = _Frame(r0, c0, embedding.scale)
             objects = [checked[i] for i in members]
@@ -98,9 +103,9 @@ class Predictor:
                 device=self.model.device,
             )
             mask_in = None
-            if any(p.mask is not None for p in objects):
-                mask_in = torch.stack([frame.mask_logits(p.mask, (r1, c1), embedding.input_size) for p in objects])
-                mask_in = mask_in.to(self.model.device)
+            if has_mask:
+                masks_in = [frame.mask_logits(p.mask, (r1, c1), embedding.input_size, grid) for p in objects]
+                mask_in = torch.stack(masks_in).to(self.model.device)
             feats = embedding.features[t : t + 1].to(self.model.device)
             out, iou = decode(self.model.sam, feats, self.image_pe, coords, labels, mask_in)
             choice = _choose_outputs(objects, iou, multimask)
@@ -129,22 +134,27 @@ class _Frame:
     def points(self, points: np.ndarray | None) -> np.ndarray | None:
         if points is None:
             return None
-        return np.stack([(points[:, 1] - self.col0) * self.scale, (points[:, 0] - self.row0) * self.scale], -1)
+        return np.stack(
+            [(points[:, 1] - self.col0) * self.scale, (points[:, 0] - self.row0) * self.scale], -1
+        )
 
     def box(self, box: np.ndarray | None) -> np.ndarray | None:
         if box is None:
             return None
         r0, c0, r1, c1 = box
         s = self.scale
-        return np.array([(c0 - self.col0) * s, (r0 - self.row0) * s, (c1 - self.col0) * s, (r1 - self.row0) * s])
+        return np.array(
+            [(c0 - self.col0) * s, (r0 - self.row0) * s, (c1 - self.col0) * s, (r1 - self.row0) * s]
+        )
 
-    def mask_logits(self, mask: np.ndarray | None, end: tuple[int, int], input_size: int) -> torch.Tensor:
-        """A plane-sized mask/probability → ``(1, 4h, 4w)`` logits in this tile's padded input frame."""
-        low = input_size // 4
-        if mask is None:
-            return torch.zeros(1, low, low)
-        crop = torch.from_numpy(np.asarray(mask[self.row0 : end[0], self.col0 : end[1]], np.float32))[None, None]
-        h, w = round(crop.shape[-2] * self.scale / 4), round(crop.shape[-1] * self.scale / 4)
+    def mask_logits(self, mask: np.ndarray, end: tuple[int, int], input_size: int, low: int) -> torch.Tensor:
+        """A plane-sized mask/probability → ``(1, low, low)`` logits in this tile's padded input frame, where
+        ``low`` is the decoder's low-resolution side (4x the embedding grid)."""
+        crop = torch.from_numpy(np.asarray(mask[self.row0 : end[0], self.col0 : end[1]], np.float32))[
+            None, None
+        ]
+        factor = self.scale * low / input_size
+        h, w = round(crop.shape[-2] * factor), round(crop.shape[-1] * factor)
         small = F.interpolate(crop, size=(max(h, 1), max(w, 1)), mode="area")
         small = F.pad(small, (0, low - small.shape[-1], 0, low - small.shape[-2]))[0]
         p = small.clamp(1e-3, 1 - 1e-3)
@@ -164,9 +174,13 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
                 f"object {index}: point {tuple(points[outside][0].round(1))} (row, col) is outside the image of "
                 f"shape {(h, w)}"
             )
-        labels = np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
+        labels = (
+            np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
+        )
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
-            raise PromptError(f"object {index}: point labels must be one 1 (positive) or 0 (negative) per point")
+            raise PromptError(
+                f"object {index}: point labels must be one 1 (positive) or 0 (negative) per point"
+            )
     if prompt.box is not None:
         box = np.asarray(prompt.box, dtype=np.float64).ravel()
         if box.shape != (4,) or not np.isfinite(box).all():
@@ -177,12 +191,20 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask)
         if mask.shape != (h, w):
-            raise PromptError(f"object {index}: mask prompt has shape {mask.shape} but the image plane has {(h, w)}")
+            raise PromptError(
+                f"object {index}: mask prompt has shape {mask.shape} but the image plane has {(h, w)}"
+            )
     if points is None and box is None and mask is None:
         raise PromptError(f"object {index} has no prompt: give at least one point, a box or a mask")
     if points is not None and box is None and mask is None and not (labels == 1).any():
         raise PromptError(f"object {index} has only negative points: add a positive point or a box")
     return ObjectPrompt(points, labels, box, mask)
+
+
+def _layout(prompt: ObjectPrompt) -> tuple[int, bool]:
+    """(number of sparse tokens, has a mask): objects decoded together must agree on both."""
+    n_points = 0 if prompt.points is None else len(prompt.points)
+    return n_points + (2 if prompt.box is not None else 1), prompt.mask is not None
 
 
 def _choose_tile(prompt: ObjectPrompt, tiles: np.ndarray) -> int:
@@ -199,7 +221,9 @@ def _choose_tile(prompt: ObjectPrompt, tiles: np.ndarray) -> int:
         parts.append(np.stack([ys, xs], -1) if len(ys) else np.zeros((1, 2)))
     pts = np.concatenate(parts)
     lo, hi = pts.min(0), pts.max(0)
-    margin = np.minimum.reduce([lo[0] - tiles[:, 0], lo[1] - tiles[:, 1], tiles[:, 2] - 1 - hi[0], tiles[:, 3] - 1 - hi[1]])
+    margin = np.minimum.reduce(
+        [lo[0] - tiles[:, 0], lo[1] - tiles[:, 1], tiles[:, 2] - 1 - hi[0], tiles[:, 3] - 1 - hi[1]]
+    )
     return int(np.argmax(margin))
 
 

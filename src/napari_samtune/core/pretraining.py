@@ -22,8 +22,8 @@ from .decoder import decode, dense_positional_encoding, normalize_pixels, pack_p
 from .image import as_volume
 from .io import atomic_torch_save, atomic_write
 from .models.architecture import SMALL_ARCHITECTURE, SamArchitecture, build_sam
-from .training.losses import mask_losses
-from .training.prompts import corrective_click, interior_point, jittered_box, mask_box, random_click
+from .training.prompts import interior_point, jittered_box, mask_box, random_click
+from .training.session_loss import session_loss
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PretrainConfig:
     """Recipe of the bundled model (see docs/model_card.md). ``total_steps`` sets the cosine schedule's length."""
 
     seed: int = 0
-    total_steps: int = 4500
+    total_steps: int = 3200
     images_per_step: int = 8
     objects_per_image: int = 6
     lr: float = 1e-3
@@ -45,14 +45,18 @@ class PretrainConfig:
     box_jitter: float = 0.08
     pool_size: int = 3000
     min_object_area: int = 20
-    loss_size: int = 128  # losses on 128² (soft targets by area): 25x cheaper than 256² and keeps small nuclei
+    loss_size: int = (
+        128  # losses on 128² (soft targets by area): 25x cheaper than 256² and keeps small nuclei
+    )
     architecture: dict = field(default_factory=SMALL_ARCHITECTURE.to_dict)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.lr * (
+            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        )
 
 
 @dataclass
@@ -95,7 +99,9 @@ def _scene(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.labels.astype(np.uint16)
 
 
-def _augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _augment(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     k = int(rng.integers(4))
     image, labels = np.rot90(image, k), np.rot90(labels, k)
     if rng.random() < 0.5:
@@ -153,41 +159,19 @@ def training_step(sam, batch: Batch, config: PretrainConfig, step: int) -> dict[
     """Forward and backward of one step (click or box, then optionally one corrective round); returns losses."""
     rng = np.random.default_rng([config.seed, step, 1])
     embeddings = sam.image_encoder(normalize_pixels(sam, batch.images))
-    per_object = embeddings[torch.from_numpy(batch.image_index)]
-    pe = dense_positional_encoding(sam)
-    target = F.adaptive_avg_pool2d(torch.from_numpy(batch.masks).float()[:, None], config.loss_size)
-    coords, labels = pack_prompts(batch.points, batch.point_labels, batch.boxes)
-    logits, iou = decode(sam, per_object, pe, coords, labels)
-    click = torch.from_numpy(batch.is_click)
-    # Clicks are ambiguous: train the best of the multimask outputs. Boxes: SAM's single output.
-    total, parts = 0.0, {}
-    chosen = torch.zeros(len(target), *logits.shape[-2:])
-    for group, sl in ((click, slice(1, None)), (~click, slice(0, 1))):
-        if group.any():
-            out = mask_losses(logits[group][:, sl], iou[group][:, sl], target[group])
-            total = total + out["total"] * group.float().mean()
-            best = out["best"] + sl.start
-            chosen[group] = logits[group].gather(1, best[:, None, None, None].expand(-1, 1, *logits.shape[-2:]))[
-                :, 0
-            ].detach()
-            for key in ("focal", "dice", "iou_mse"):
-                parts[key] = parts.get(key, 0.0) + float(out[key]) * float(group.float().mean())
-    if rng.random() < config.corrective_probability:
-        size = batch.masks.shape[-2:]
-        pred = F.interpolate(chosen[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > 0
-        points, plabels = [], []
-        for i, (p, m) in enumerate(zip(pred.numpy(), batch.masks)):
-            fix = corrective_click(p, m)
-            new_point, new_label = (fix if fix is not None else (interior_point(m), 1))
-            old = batch.points[i] if batch.points[i] is not None else np.zeros((0, 2), np.float32)
-            old_l = batch.point_labels[i] if batch.point_labels[i] is not None else np.zeros(0, np.float32)
-            points.append(np.concatenate([old, np.array([new_point], np.float32)]))
-            plabels.append(np.concatenate([old_l, np.array([new_label], np.float32)]))
-        coords, labels = pack_prompts(points, plabels, batch.boxes)
-        logits2, iou2 = decode(sam, per_object, pe, coords, labels, mask_inputs=chosen[:, None])
-        out = mask_losses(logits2[:, :1], iou2[:, :1], target)
-        total = total + out["total"]
-        parts["corrective_dice"] = float(out["dice"])
+    rounds = int(rng.random() < config.corrective_probability)
+    total, parts = session_loss(
+        sam,
+        embeddings[torch.from_numpy(batch.image_index)],
+        dense_positional_encoding(sam),
+        batch.masks,
+        batch.points,
+        batch.point_labels,
+        batch.boxes,
+        batch.is_click,
+        rounds,
+        config.loss_size,
+    )
     total.backward()
     parts["loss"] = float(total.detach())
     return parts
@@ -232,7 +216,9 @@ def pretrain(
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["config"] != _config_dict(config):
-            raise ValueError(f"{ckpt_path} was written with another config; use a new run folder or the same config")
+            raise ValueError(
+                f"{ckpt_path} was written with another config; use a new run folder or the same config"
+            )
         sam.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
@@ -287,7 +273,9 @@ def _config_dict(config: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 256) -> Callable[[object, int], dict]:
+def synthetic_evaluation(
+    n_scenes: int = 48, seed: int = 987_654, size: int = 256
+) -> Callable[[object, int], dict]:
     """Held-out synthetic check for the learning curve: mean IoU from one interior click and from the exact box."""
     from .synthetic import make_scenes
 
@@ -306,11 +294,17 @@ def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 25
                     pts = [np.array([interior_point(m)], np.float32) for m in masks]
                     coords, labels = pack_prompts(pts, [np.ones(1)] * len(masks), [None] * len(masks))
                 else:
-                    coords, labels = pack_prompts([None] * len(masks), [None] * len(masks), [mask_box(m) for m in masks])
+                    coords, labels = pack_prompts(
+                        [None] * len(masks), [None] * len(masks), [mask_box(m) for m in masks]
+                    )
                 logits, iou = decode(sam, emb, pe, coords, labels)
-                pick = iou[:, 1:].argmax(1) + 1 if kind == "click" else torch.zeros(len(masks), dtype=torch.long)
+                pick = (
+                    iou[:, 1:].argmax(1) + 1 if kind == "click" else torch.zeros(len(masks), dtype=torch.long)
+                )
                 chosen = logits[torch.arange(len(masks)), pick][:, None]
-                pred = F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+                pred = (
+                    F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
+                )
                 for p, m in zip(pred.numpy(), masks):
                     union = (p | m).sum()
                     ious[kind].append((p & m).sum() / union if union else 1.0)

@@ -59,7 +59,9 @@ class SamArchitecture:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown SAM architecture fields {sorted(unknown)}; known fields: {sorted(known)}")
+            raise ValueError(
+                f"unknown SAM architecture fields {sorted(unknown)}; known fields: {sorted(known)}"
+            )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
@@ -171,12 +173,18 @@ def build_sam(arch: SamArchitecture) -> Sam:
     return sam.eval()
 
 
-def architecture_from_state_dict(state: dict[str, torch.Tensor], decoder_num_heads: int = 8) -> SamArchitecture:
+def architecture_from_state_dict(
+    state: dict[str, torch.Tensor], decoder_num_heads: int = 8
+) -> SamArchitecture:
     """Infer the architecture of a state dict in the official SAM layout (``image_encoder.*``, ``mask_decoder.*``…).
 
     The decoder's number of attention heads is not recorded in the weights; official models use 8.
     """
-    required = ("image_encoder.pos_embed", "prompt_encoder.no_mask_embed.weight", "mask_decoder.mask_tokens.weight")
+    required = (
+        "image_encoder.pos_embed",
+        "prompt_encoder.no_mask_embed.weight",
+        "mask_decoder.mask_tokens.weight",
+    )
     missing = [k for k in required if k not in state]
     if missing:
         raise ValueError(

@@ -15,7 +15,6 @@ import torch
 from segment_anything.modeling import Sam
 
 from .architecture import (
-    OFFICIAL_ARCHITECTURES,
     SamArchitecture,
     architecture_from_state_dict,
     build_sam,
@@ -186,10 +185,14 @@ def load_model(
         expected = source.sha256 if verify else None
     elif name in ("custom", BUNDLED_NAME):
         if checkpoint is None:
-            raise ModelError("model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout")
+            raise ModelError(
+                "model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout"
+            )
         expected = None
     else:
-        raise ModelError(f"unknown model {name!r}; choose one of {available_models()} or 'custom' with a checkpoint")
+        raise ModelError(
+            f"unknown model {name!r}; choose one of {available_models()} or 'custom' with a checkpoint"
+        )
 
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -215,7 +218,9 @@ def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelError(f"cannot read checkpoint {path}: {error}. Is it a PyTorch SAM checkpoint?") from error
+        raise ModelError(
+            f"cannot read checkpoint {path}: {error}. Is it a PyTorch SAM checkpoint?"
+        ) from error
     if not isinstance(payload, dict):
         raise ModelError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
     if payload.get("format") == MODEL_FILE_FORMAT:
@@ -239,13 +244,23 @@ def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
     return sam.eval(), arch, metadata
 
 
-def save_model(model: Sam, arch: SamArchitecture, path: str | os.PathLike, *, half: bool = False, **metadata) -> str:
+def save_model(
+    model: Sam, arch: SamArchitecture, path: str | os.PathLike, *, half: bool = False, **metadata
+) -> str:
     """Write a full model in the project's format (architecture + state dict), atomically; return its sha256."""
     from ..io import atomic_torch_save
 
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+        for k, v in model.state_dict().items()
+    }
     atomic_torch_save(
-        {"format": MODEL_FILE_FORMAT, "architecture": arch.to_dict(), "state_dict": state, "metadata": metadata},
+        {
+            "format": MODEL_FILE_FORMAT,
+            "architecture": arch.to_dict(),
+            "state_dict": state,
+            "metadata": metadata,
+        },
         path,
     )
     return file_sha256(path)

@@ -1,0 +1,70 @@
+"""Running core generators (encoding, training…) off the GUI thread, with a napari progress bar.
+
+A job is a zero-argument callable returning a generator that yields progress dicts and returns a result. The
+callbacks always run on the main thread, so they may touch layers. With ``SAMTUNE_SYNC_WORKERS=1`` the same job runs
+synchronously, callbacks included, which lets tests drive a widget without waiting on threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+
+Job = Callable[[], Generator[dict, None, Any]]
+
+
+def sync_workers() -> bool:
+    """Whether jobs run synchronously (environment variable ``SAMTUNE_SYNC_WORKERS=1``)."""
+    return os.environ.get("SAMTUNE_SYNC_WORKERS") == "1"
+
+
+def run_job(
+    job: Job,
+    *,
+    description: str,
+    on_yielded: Callable[[dict], None],
+    on_returned: Callable[[Any], None],
+    on_error: Callable[[Exception], None],
+    on_finished: Callable[[], None],
+) -> GeneratorWorker | None:
+    """Run ``job`` with a progress bar; return its started worker, or None when it already ran synchronously.
+
+    Yielded dicts with ``done``/``total`` move the bar, one with ``stage`` renames it. ``on_finished`` runs last,
+    after ``on_returned`` or ``on_error``, and also after the worker was quit.
+    """
+    bar = progress(desc=description)
+
+    def show(event: dict) -> None:
+        if "stage" in event:
+            bar.set_description(event["stage"])
+        if "total" in event:
+            bar.total = event["total"]
+            bar.update(event["done"] - bar.n)
+        on_yielded(event)
+
+    def finish() -> None:
+        bar.close()
+        on_finished()
+
+    if sync_workers():
+        try:
+            generator = job()
+            while True:
+                show(next(generator))
+        except StopIteration as stop:
+            on_returned(stop.value)
+        except Exception as error:
+            on_error(error)
+        finish()
+        return None
+    worker = create_worker(job, _start_thread=False, _worker_class=GeneratorWorker)
+    worker.yielded.connect(show)
+    worker.returned.connect(on_returned)
+    worker.errored.connect(on_error)
+    worker.finished.connect(finish)
+    worker.start()
+    return worker

@@ -1,0 +1,115 @@
+"""One object for the common job: a model, an image with its cached embeddings, and prompting on it.
+
+The napari widgets, the command line and scripts all go through ``Segmenter``, so they behave the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .embeddings import EmbeddingStore, Tiling
+from .image import Channel, as_volume
+from .models.registry import BUNDLED_NAME, SamModel, load_model
+from .predictor import ObjectPrompt, Prediction, Predictor, PromptError
+
+
+class Segmenter:
+    """Prompt-based segmentation of one image (2D, RGB or a 3D stack) with one model.
+
+    model: a loaded ``SamModel`` or a name for ``load_model``. cache_root: embedding cache folder (None: the user
+    cache folder, False: memory only).
+    """
+
+    def __init__(
+        self,
+        model: SamModel | str = BUNDLED_NAME,
+        *,
+        cache_root: str | Path | bool | None = None,
+        tiling: Tiling | None = None,
+    ) -> None:
+        self.model = load_model(model) if isinstance(model, str) else model
+        self.predictor = Predictor(self.model)
+        self.cache_root = cache_root
+        self.tiling = tiling or Tiling()
+        self.store: EmbeddingStore | None = None
+
+    def set_image(
+        self,
+        image: np.ndarray,
+        *,
+        rgb: bool | None = None,
+        channel_axis: int | None = None,
+        channel: Channel = "mean",
+    ) -> None:
+        """Use ``image`` from now on (see ``as_volume`` for the accepted layouts). Encoding happens lazily."""
+        volume = as_volume(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
+        self.store = EmbeddingStore(self.model, volume, tiling=self.tiling, cache_root=self.cache_root)
+
+    @property
+    def _store(self) -> EmbeddingStore:
+        if self.store is None:
+            raise PromptError("no image set: call set_image(image) first")
+        return self.store
+
+    @property
+    def n_planes(self) -> int:
+        return self._store.volume.n_planes
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self._store.volume.plane_shape
+
+    def is_encoded(self, plane: int = 0) -> bool:
+        return self._store.is_cached(plane)
+
+    def encode(
+        self, planes: list[int] | None = None, should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[dict]:
+        """Encode (or read from the cache) the given planes; yields a progress dict per plane."""
+        yield from self._store.encode_all(planes, should_stop)
+
+    def segment(self, prompts: list[ObjectPrompt], plane: int = 0, **kwargs) -> Prediction:
+        """One mask per prompt on ``plane`` (see ``Predictor.predict`` for the options)."""
+        return self.predictor.predict(self._store.plane(plane), prompts, **kwargs)
+
+    def segment_points(
+        self, points: np.ndarray, labels: np.ndarray | None = None, plane: int = 0
+    ) -> Prediction:
+        """One object per positive point; every negative point is shared by all objects.
+
+        points: ``(K, 2)`` (row, col); labels: ``(K,)`` 1 positive / 0 negative (default: all positive).
+        """
+        points = np.asarray(points, dtype=float).reshape(-1, 2)
+        labels = np.ones(len(points)) if labels is None else np.asarray(labels).ravel()
+        positive, negative = points[labels == 1], points[labels == 0]
+        prompts = [
+            ObjectPrompt(
+                points=np.concatenate([p[None], negative]),
+                labels=np.concatenate([[1], np.zeros(len(negative))]),
+            )
+            for p in positive
+        ]
+        return self.segment(prompts, plane)
+
+    def segment_boxes(self, boxes: np.ndarray, plane: int = 0) -> Prediction:
+        """One object per box ``(row0, col0, row1, col1)``."""
+        return self.segment(
+            [ObjectPrompt(box=b) for b in np.asarray(boxes, dtype=float).reshape(-1, 4)], plane
+        )
+
+
+def masks_to_labels(
+    masks: np.ndarray, labels: np.ndarray | None = None, start: int | None = None
+) -> np.ndarray:
+    """Paint ``(N, H, W)`` masks into a label image as new ids (after the largest existing id), later on top.
+
+    Returns a new array; ``labels`` is not modified.
+    """
+    out = np.zeros(masks.shape[1:], np.int32) if labels is None else labels.copy()
+    next_id = int(out.max()) + 1 if start is None else start
+    for i, mask in enumerate(masks):
+        out[mask] = next_id + i
+    return out

@@ -1,0 +1,197 @@
+"""Prompt layers in, core prompts out; core masks in, Labels edits out.
+
+Coordinates are the image layer's data coordinates: (row, col) for a 2D image, (plane, row, col) for a stack. The
+prompt, preview and segmentation layers are made with the image's scale and translate, so they share that frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels, Layer, Points, Shapes
+
+from ..core.predictor import ObjectPrompt
+from ..core.segmenter import masks_to_labels
+
+POSITIVE, NEGATIVE = "positive", "negative"
+POLARITY_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
+
+
+class LayerError(ValueError):
+    """Layers that do not fit together or cannot be used; the message names them and says what to do."""
+
+
+def spatial_shape(image: Image) -> tuple[int, ...]:
+    """The image's ``(H, W)`` or ``(Z, H, W)`` shape, without the RGB axis."""
+    if image.multiscale:
+        raise LayerError(f"image {image.name!r} is multiscale; open its full-resolution level as a plain image")
+    shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
+    if len(shape) not in (2, 3):
+        raise LayerError(
+            f"image {image.name!r} has shape {shape}; SAM tune segments 2D images (H, W) and stacks (Z, H, W): "
+            "split other axes (time, channels) into separate layers"
+        )
+    return shape
+
+
+def current_plane(image: Image, world_point: Sequence[float]) -> int | None:
+    """The stack plane of ``image`` shown at ``world_point`` (the viewer's ``dims.point``); None for a 2D image."""
+    shape = spatial_shape(image)
+    if len(shape) == 2:
+        return None
+    plane = round(float(image.world_to_data(world_point)[0]))
+    if not 0 <= plane < shape[0]:
+        raise LayerError(
+            f"the current slice is outside image {image.name!r} (planes 0 to {shape[0] - 1}); move the slider onto it"
+        )
+    return plane
+
+
+def prompt_points(image: Image, name: str = "prompts") -> Points:
+    """An empty Points layer for prompts on ``image``; its ``label`` feature (positive/negative) sets the colour."""
+    shape = spatial_shape(image)
+    return Points(
+        ndim=len(shape),
+        name=name,
+        features={"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])},
+        feature_defaults={"label": POSITIVE},
+        face_color="label",
+        face_color_cycle=POLARITY_COLORS,
+        size=max(5, max(shape[-2:]) // 64),
+        scale=image.scale,
+        translate=image.translate,
+    )
+
+
+def prompt_boxes(image: Image, name: str = "boxes") -> Shapes:
+    """An empty Shapes layer for box prompts on ``image`` (any shape counts as its bounding box)."""
+    shape = spatial_shape(image)
+    return Shapes(
+        ndim=len(shape),
+        name=name,
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=max(1, max(shape[-2:]) // 256),
+        scale=image.scale,
+        translate=image.translate,
+    )
+
+
+def labels_like(image: Image, name: str, dtype: type = np.int32, **kwargs) -> Labels:
+    """An empty Labels layer covering ``image`` (same spatial shape, scale and translate)."""
+    data = np.zeros(spatial_shape(image), dtype)
+    return Labels(data, name=name, scale=image.scale, translate=image.translate, **kwargs)
+
+
+def fits(layer: Layer, image: Image) -> bool:
+    """Whether ``layer`` can hold data for ``image``: same dimensions and, for Labels, the same shape."""
+    shape = spatial_shape(image)
+    if isinstance(layer, Labels):
+        return layer.data.shape == shape
+    return layer.ndim == len(shape)
+
+
+def check_fits(labels: Labels, image: Image) -> None:
+    """Raise ``LayerError`` when ``labels`` does not cover ``image`` pixel for pixel."""
+    if not fits(labels, image):
+        raise LayerError(
+            f"labels layer {labels.name!r} has shape {labels.data.shape} but image {image.name!r} has "
+            f"{spatial_shape(image)}: rename or delete {labels.name!r} and a new one is made"
+        )
+
+
+def toggle_polarity(points: Points) -> None:
+    """Flip positive/negative for the selected points, or for the next point added when none is selected."""
+    flip = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}
+    selected = sorted(points.selected_data)
+    if selected:
+        features = points.features.copy()
+        column = features.columns.get_loc("label")
+        features.iloc[selected, column] = [flip[v] for v in features["label"].iloc[selected]]
+        points.features = features
+        points.refresh_colors(update_color_mapping=False)
+    else:
+        points.feature_defaults = {"label": flip[points.feature_defaults["label"].iloc[0]]}
+
+
+def object_prompts(points: np.ndarray, positive: np.ndarray, boxes: Sequence[np.ndarray]) -> list[ObjectPrompt]:
+    """Group the prompts of one plane into objects.
+
+    points: ``(K, 2)`` (row, col); positive: ``(K,)`` bool; boxes: ``(4,)`` arrays (row0, col0, row1, col1).
+    Each box is one object, refined by the points inside it (the smallest box when boxes overlap); the points in no
+    box form one more object when at least one of them is positive.
+    """
+    owner = np.full(len(points), -1)
+    if len(boxes) and len(points):
+        b = np.asarray(boxes, dtype=float)
+        r, c = points[:, 0:1], points[:, 1:2]
+        inside = (r >= b[:, 0]) & (r <= b[:, 2]) & (c >= b[:, 1]) & (c <= b[:, 3])  # (K, B)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        owner = np.where(inside.any(1), np.where(inside, area, np.inf).argmin(1), -1)
+    labels = positive.astype(np.float64)
+    prompts = []
+    for i, box in enumerate(boxes):
+        mine = owner == i
+        prompts.append(ObjectPrompt(points[mine] if mine.any() else None, labels[mine] if mine.any() else None, box))
+    free = owner == -1
+    if positive[free].any():
+        prompts.append(ObjectPrompt(points=points[free], labels=labels[free]))
+    return prompts
+
+
+def read_prompts(points: Points, boxes: Shapes, plane: int | None) -> list[ObjectPrompt]:
+    """The objects prompted on ``plane`` (None for a 2D image) by ``points`` and ``boxes`` (see ``object_prompts``)."""
+    coords = np.asarray(points.data, dtype=float).reshape(-1, points.ndim)
+    positive = (points.features["label"] == POSITIVE).to_numpy(dtype=bool)
+    rects = [np.concatenate([v[:, -2:].min(0), v[:, -2:].max(0)]) for v in boxes.data if _on_plane(v, plane)]
+    if plane is not None:
+        on = np.round(coords[:, 0]) == plane
+        coords, positive = coords[on], positive[on]
+    return object_prompts(coords[:, -2:], positive, rects)
+
+
+def _on_plane(vertices: np.ndarray, plane: int | None) -> bool:
+    return plane is None or round(float(vertices[:, 0].mean())) == plane
+
+
+def paint_objects(labels: Labels, masks: np.ndarray, plane: int | None) -> list[int]:
+    """Write ``(N, H, W)`` bool masks into ``labels`` (into ``plane`` of a stack) as new ids after its largest one.
+
+    One ``data_setitem`` call, so a single napari undo removes them all; with ``preserve_labels`` on, existing labels
+    are kept. Returns the ids written (a mask that ends up empty gets none).
+    """
+    painted = masks_to_labels(masks, start=int(labels.data.max()) + 1)
+    dtype = labels.data.dtype
+    if np.issubdtype(dtype, np.integer) and painted.max() > np.iinfo(dtype).max:
+        raise LayerError(
+            f"labels layer {labels.name!r} is {dtype} and cannot hold label {painted.max()}; "
+            "convert it to int32 (or rename it and a new one is made)"
+        )
+    keep = painted > 0
+    if labels.preserve_labels:
+        keep &= (labels.data if plane is None else labels.data[plane]) == 0
+    rows, cols = np.nonzero(keep)
+    index = (rows, cols) if plane is None else (np.full_like(rows, plane), rows, cols)
+    values = painted[rows, cols]
+    labels.data_setitem(index, values)
+    return np.unique(values).tolist()
+
+
+def show_preview(preview: Labels, masks: np.ndarray | None, plane: int | None) -> None:
+    """Show ``(N, H, W)`` bool masks as ids 1..N in ``preview`` (on ``plane`` of a stack); None empties it.
+
+    The preview is replaced, not edited, so it leaves nothing in napari's undo history.
+    """
+    data = np.zeros(preview.data.shape, preview.data.dtype)  # calloc: cheap even for a large stack
+    if masks is not None:
+        (data if plane is None else data[plane])[...] = masks_to_labels(masks)
+    preview.data = data
+
+
+def clear_prompts(points: Points, boxes: Shapes) -> None:
+    """Remove every point and box; the next point is positive again."""
+    points.data = np.empty((0, points.ndim))
+    points.feature_defaults = {"label": POSITIVE}
+    boxes.data = []
