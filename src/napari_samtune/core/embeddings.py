@@ -106,8 +106,7 @@ def encode_tiles(model: SamModel, inputs: list[torch.Tensor], batch_size: int = 
     sam, size = model.sam, model.img_size
     ready = [_pad_to(normalize_pixels(sam, t.to(model.device, torch.float32)), size) for t in inputs]
     feats = [
-        sam.image_encoder(torch.cat(ready[i : i + batch_size])).float().cpu()
-        for i in range(0, len(ready), batch_size)
+        sam.image_encoder(torch.cat(ready[i : i + batch_size])).float().cpu() for i in range(0, len(ready), batch_size)
     ]
     return torch.cat(feats)
 

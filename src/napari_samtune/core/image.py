@@ -89,9 +89,7 @@ def as_volume(
     if data.dtype == bool:
         data = data.astype(np.uint8)
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise ImageError(
-            f"image dtype {data.dtype} is not a real number type; pass an integer or float array"
-        )
+        raise ImageError(f"image dtype {data.dtype} is not a real number type; pass an integer or float array")
     if channel_axis is not None:
         data = _combine_channels(data, channel_axis, channel)
         rgb = data.ndim in (3, 4) and data.shape[-1] == 3 and channel == "rgb"
@@ -139,9 +137,7 @@ def _percentiles(planes: np.ndarray, norm: Normalization) -> tuple[float, float]
     step = max(1, int(np.ceil((planes.size / 4_000_000) ** 0.5)))
     sample = np.asarray(planes[:, ::step, ::step], dtype=np.float32)
     if np.issubdtype(planes.dtype, np.floating) and not np.isfinite(planes).all():
-        raise ImageError(
-            "image contains NaN or infinite values; replace them (e.g. np.nan_to_num) before segmenting"
-        )
+        raise ImageError("image contains NaN or infinite values; replace them (e.g. np.nan_to_num) before segmenting")
     low, high = np.percentile(sample, [norm.low_percentile, norm.high_percentile])
     if high <= low:
         low, high = float(sample.min()), float(sample.max())

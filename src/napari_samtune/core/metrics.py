@@ -157,9 +157,7 @@ def _class_stats(
     if num_classes is None:
         num_classes = max_label + 1
     elif max_label >= num_classes:
-        raise ValueError(
-            f"label {max_label} found but num_classes={num_classes}; labels must be < num_classes"
-        )
+        raise ValueError(f"label {max_label} found but num_classes={num_classes}; labels must be < num_classes")
     confusion = np.bincount(p.ravel() * num_classes + t.ravel(), minlength=num_classes * num_classes)
     confusion = confusion.reshape(num_classes, num_classes)
     intersection = np.diag(confusion)
@@ -273,9 +271,7 @@ def _iou_matrix(pred_labels: np.ndarray, true_labels: np.ndarray) -> np.ndarray:
     return inter / (area_pred[:, None] + area_true[None, :] - inter)
 
 
-def match_instances(
-    pred_labels: np.ndarray, true_labels: np.ndarray, threshold: float = 0.5
-) -> InstanceScores:
+def match_instances(pred_labels: np.ndarray, true_labels: np.ndarray, threshold: float = 0.5) -> InstanceScores:
     """Match predicted to ground-truth objects one-to-one and score the matching.
 
     Inputs are two instance label images of equal shape (non-negative integers, 0 = background, ids

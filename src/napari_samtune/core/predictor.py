@@ -7,6 +7,8 @@ it can live inside a dask or torch.distributed worker.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoder import decode, dense_positional_encoding, pack_prompts
+from .decoder import (
+    PreparedImage,
+    decode,
+    decode_prepared,
+    dense_positional_encoding,
+    pack_prompts,
+    prepare_image,
+)
 from .embeddings import PlaneEmbedding
 from .models.registry import SamModel
 
@@ -50,11 +59,19 @@ class Prediction:
 
 
 class Predictor:
-    """Turns prompts into masks on encoded planes, for one model."""
+    """Turns prompts into masks on encoded planes, for one model.
+
+    The prompt-independent part of decoding a tile (``decoder.prepare_image``) is kept for the most recently used
+    tiles of the last plane (``max_prepared_tiles``; about 10 MB each for ViT-B), so that repeated clicks skip it.
+    """
+
+    max_prepared_tiles = 8
 
     def __init__(self, model: SamModel) -> None:
         self.model = model
         self._pe: torch.Tensor | None = None
+        self._prepared: OrderedDict[int, PreparedImage] = OrderedDict()
+        self._prepared_for: weakref.ref | None = None
 
     @property
     def image_pe(self) -> torch.Tensor:
@@ -63,6 +80,19 @@ class Predictor:
             with torch.inference_mode():
                 self._pe = dense_positional_encoding(self.model.sam)
         return self._pe
+
+    def _prepared_tile(self, embedding: PlaneEmbedding, tile: int) -> PreparedImage:
+        # Keyed by the features tensor itself (weakly): another plane, or the same one read again, starts afresh.
+        if self._prepared_for is None or self._prepared_for() is not embedding.features:
+            self._prepared.clear()
+            self._prepared_for = weakref.ref(embedding.features)
+        if tile not in self._prepared:
+            feats = embedding.features[tile : tile + 1].to(self.model.device)
+            self._prepared[tile] = prepare_image(self.model.sam, feats, self.image_pe)
+            if len(self._prepared) > self.max_prepared_tiles:
+                self._prepared.popitem(last=False)
+        self._prepared.move_to_end(tile)
+        return self._prepared[tile]
 
     @torch.inference_mode()
     def predict(
@@ -102,12 +132,13 @@ class Predictor:
                 [frame.box(p.box) for p in objects],
                 device=self.model.device,
             )
-            mask_in = None
             if has_mask:
                 masks_in = [frame.mask_logits(p.mask, (r1, c1), embedding.input_size, grid) for p in objects]
                 mask_in = torch.stack(masks_in).to(self.model.device)
-            feats = embedding.features[t : t + 1].to(self.model.device)
-            out, iou = decode(self.model.sam, feats, self.image_pe, coords, labels, mask_in)
+                feats = embedding.features[t : t + 1].to(self.model.device)
+                out, iou = decode(self.model.sam, feats, self.image_pe, coords, labels, mask_in)
+            else:
+                out, iou = decode_prepared(self.model.sam, self._prepared_tile(embedding, t), coords, labels)
             choice = _choose_outputs(objects, iou, multimask)
             rows = torch.arange(len(members))
             best = out[rows, choice][:, None].float().cpu()
@@ -134,25 +165,19 @@ class _Frame:
     def points(self, points: np.ndarray | None) -> np.ndarray | None:
         if points is None:
             return None
-        return np.stack(
-            [(points[:, 1] - self.col0) * self.scale, (points[:, 0] - self.row0) * self.scale], -1
-        )
+        return np.stack([(points[:, 1] - self.col0) * self.scale, (points[:, 0] - self.row0) * self.scale], -1)
 
     def box(self, box: np.ndarray | None) -> np.ndarray | None:
         if box is None:
             return None
         r0, c0, r1, c1 = box
         s = self.scale
-        return np.array(
-            [(c0 - self.col0) * s, (r0 - self.row0) * s, (c1 - self.col0) * s, (r1 - self.row0) * s]
-        )
+        return np.array([(c0 - self.col0) * s, (r0 - self.row0) * s, (c1 - self.col0) * s, (r1 - self.row0) * s])
 
     def mask_logits(self, mask: np.ndarray, end: tuple[int, int], input_size: int, low: int) -> torch.Tensor:
         """A plane-sized mask/probability → ``(1, low, low)`` logits in this tile's padded input frame, where
         ``low`` is the decoder's low-resolution side (4x the embedding grid)."""
-        crop = torch.from_numpy(np.asarray(mask[self.row0 : end[0], self.col0 : end[1]], np.float32))[
-            None, None
-        ]
+        crop = torch.from_numpy(np.asarray(mask[self.row0 : end[0], self.col0 : end[1]], np.float32))[None, None]
         factor = self.scale * low / input_size
         h, w = round(crop.shape[-2] * factor), round(crop.shape[-1] * factor)
         small = F.interpolate(crop, size=(max(h, 1), max(w, 1)), mode="area")
@@ -174,13 +199,9 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
                 f"object {index}: point {tuple(points[outside][0].round(1))} (row, col) is outside the image of "
                 f"shape {(h, w)}"
             )
-        labels = (
-            np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
-        )
+        labels = np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
-            raise PromptError(
-                f"object {index}: point labels must be one 1 (positive) or 0 (negative) per point"
-            )
+            raise PromptError(f"object {index}: point labels must be one 1 (positive) or 0 (negative) per point")
     if prompt.box is not None:
         box = np.asarray(prompt.box, dtype=np.float64).ravel()
         if box.shape != (4,) or not np.isfinite(box).all():
@@ -191,9 +212,7 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask)
         if mask.shape != (h, w):
-            raise PromptError(
-                f"object {index}: mask prompt has shape {mask.shape} but the image plane has {(h, w)}"
-            )
+            raise PromptError(f"object {index}: mask prompt has shape {mask.shape} but the image plane has {(h, w)}")
     if points is None and box is None and mask is None:
         raise PromptError(f"object {index} has no prompt: give at least one point, a box or a mask")
     if points is not None and box is None and mask is None and not (labels == 1).any():

@@ -45,18 +45,14 @@ class PretrainConfig:
     box_jitter: float = 0.08
     pool_size: int = 3000
     min_object_area: int = 20
-    loss_size: int = (
-        128  # losses on 128² (soft targets by area): 25x cheaper than 256² and keeps small nuclei
-    )
+    loss_size: int = 128  # losses on 128² (soft targets by area): 25x cheaper than 256² and keeps small nuclei
     architecture: dict = field(default_factory=SMALL_ARCHITECTURE.to_dict)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.lr * (
-            self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        )
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -99,9 +95,7 @@ def _scene(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.labels.astype(np.uint16)
 
 
-def _augment(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     k = int(rng.integers(4))
     image, labels = np.rot90(image, k), np.rot90(labels, k)
     if rng.random() < 0.5:
@@ -216,9 +210,7 @@ def pretrain(
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["config"] != _config_dict(config):
-            raise ValueError(
-                f"{ckpt_path} was written with another config; use a new run folder or the same config"
-            )
+            raise ValueError(f"{ckpt_path} was written with another config; use a new run folder or the same config")
         sam.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
@@ -273,9 +265,7 @@ def _config_dict(config: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def synthetic_evaluation(
-    n_scenes: int = 48, seed: int = 987_654, size: int = 256
-) -> Callable[[object, int], dict]:
+def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 256) -> Callable[[object, int], dict]:
     """Held-out synthetic check for the learning curve: mean IoU from one interior click and from the exact box."""
     from .synthetic import make_scenes
 
@@ -298,13 +288,9 @@ def synthetic_evaluation(
                         [None] * len(masks), [None] * len(masks), [mask_box(m) for m in masks]
                     )
                 logits, iou = decode(sam, emb, pe, coords, labels)
-                pick = (
-                    iou[:, 1:].argmax(1) + 1 if kind == "click" else torch.zeros(len(masks), dtype=torch.long)
-                )
+                pick = iou[:, 1:].argmax(1) + 1 if kind == "click" else torch.zeros(len(masks), dtype=torch.long)
                 chosen = logits[torch.arange(len(masks)), pick][:, None]
-                pred = (
-                    F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
-                )
+                pred = F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
                 for p, m in zip(pred.numpy(), masks):
                     union = (p | m).sum()
                     ious[kind].append((p & m).sum() / union if union else 1.0)

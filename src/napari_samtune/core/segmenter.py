@@ -75,9 +75,7 @@ class Segmenter:
         """One mask per prompt on ``plane`` (see ``Predictor.predict`` for the options)."""
         return self.predictor.predict(self._store.plane(plane), prompts, **kwargs)
 
-    def segment_points(
-        self, points: np.ndarray, labels: np.ndarray | None = None, plane: int = 0
-    ) -> Prediction:
+    def segment_points(self, points: np.ndarray, labels: np.ndarray | None = None, plane: int = 0) -> Prediction:
         """One object per positive point; every negative point is shared by all objects.
 
         points: ``(K, 2)`` (row, col); labels: ``(K,)`` 1 positive / 0 negative (default: all positive).
@@ -96,14 +94,10 @@ class Segmenter:
 
     def segment_boxes(self, boxes: np.ndarray, plane: int = 0) -> Prediction:
         """One object per box ``(row0, col0, row1, col1)``."""
-        return self.segment(
-            [ObjectPrompt(box=b) for b in np.asarray(boxes, dtype=float).reshape(-1, 4)], plane
-        )
+        return self.segment([ObjectPrompt(box=b) for b in np.asarray(boxes, dtype=float).reshape(-1, 4)], plane)
 
 
-def masks_to_labels(
-    masks: np.ndarray, labels: np.ndarray | None = None, start: int | None = None
-) -> np.ndarray:
+def masks_to_labels(masks: np.ndarray, labels: np.ndarray | None = None, start: int | None = None) -> np.ndarray:
     """Paint ``(N, H, W)`` masks into a label image as new ids (after the largest existing id), later on top.
 
     Returns a new array; ``labels`` is not modified.

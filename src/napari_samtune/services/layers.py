@@ -142,9 +142,13 @@ def object_prompts(points: np.ndarray, positive: np.ndarray, boxes: Sequence[np.
 
 
 def read_prompts(points: Points, boxes: Shapes, plane: int | None) -> list[ObjectPrompt]:
-    """The objects prompted on ``plane`` (None for a 2D image) by ``points`` and ``boxes`` (see ``object_prompts``)."""
+    """The objects prompted on ``plane`` (None for a 2D image) by ``points`` and ``boxes`` (see ``object_prompts``).
+
+    Points without a ``label`` feature count as positive.
+    """
     coords = np.asarray(points.data, dtype=float).reshape(-1, points.ndim)
-    positive = (points.features["label"] == POSITIVE).to_numpy(dtype=bool)
+    features = points.features
+    positive = (features["label"] == POSITIVE).to_numpy(bool) if "label" in features else np.ones(len(coords), bool)
     rects = [np.concatenate([v[:, -2:].min(0), v[:, -2:].max(0)]) for v in boxes.data if _on_plane(v, plane)]
     if plane is not None:
         on = np.round(coords[:, 0]) == plane

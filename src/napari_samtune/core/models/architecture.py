@@ -59,9 +59,7 @@ class SamArchitecture:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(
-                f"unknown SAM architecture fields {sorted(unknown)}; known fields: {sorted(known)}"
-            )
+            raise ValueError(f"unknown SAM architecture fields {sorted(unknown)}; known fields: {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
@@ -173,9 +171,7 @@ def build_sam(arch: SamArchitecture) -> Sam:
     return sam.eval()
 
 
-def architecture_from_state_dict(
-    state: dict[str, torch.Tensor], decoder_num_heads: int = 8
-) -> SamArchitecture:
+def architecture_from_state_dict(state: dict[str, torch.Tensor], decoder_num_heads: int = 8) -> SamArchitecture:
     """Infer the architecture of a state dict in the official SAM layout (``image_encoder.*``, ``mask_decoder.*``…).
 
     The decoder's number of attention heads is not recorded in the weights; official models use 8.
@@ -214,9 +210,7 @@ def architecture_from_state_dict(
             window = (span + 1) // 2
     mlp_hidden = int(state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0])
     prompt_dim = int(state["prompt_encoder.no_mask_embed.weight"].shape[1])
-    decoder_depth = 1 + max(
-        int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
-    )
+    decoder_depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers."))
     return SamArchitecture(
         img_size=grid * patch,
         patch_size=patch,

@@ -68,6 +68,8 @@ class SamModel:
 
     ``encoder_id`` names the exact image-encoder weights (embeddings computed with one encoder are never reused for
     another); anything that changes the encoder (LoRA training, an adapter) must give it a new value.
+    ``prompt_embeddings`` ``(K, T, C)``: learned prompts for prompt-free segmentation of ``classes`` (K classes),
+    set by BLO prompt learning; None for a model that needs user prompts.
     """
 
     sam: Sam
@@ -77,6 +79,8 @@ class SamModel:
     device: torch.device
     encoder_id: str = ""
     metadata: dict = field(default_factory=dict)
+    prompt_embeddings: torch.Tensor | None = None
+    classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.encoder_id:
@@ -85,6 +89,22 @@ class SamModel:
     @property
     def img_size(self) -> int:
         return self.architecture.img_size
+
+    def copy(self) -> SamModel:
+        """An independent copy (weights included): train this one and the original stays as it was."""
+        import copy
+
+        return SamModel(
+            sam=copy.deepcopy(self.sam),
+            name=self.name,
+            architecture=self.architecture,
+            weights_sha256=self.weights_sha256,
+            device=self.device,
+            encoder_id=self.encoder_id,
+            metadata=dict(self.metadata),
+            prompt_embeddings=None if self.prompt_embeddings is None else self.prompt_embeddings.clone(),
+            classes=self.classes,
+        )
 
 
 def default_device(preferred: str | None = None) -> torch.device:
@@ -185,14 +205,10 @@ def load_model(
         expected = source.sha256 if verify else None
     elif name in ("custom", BUNDLED_NAME):
         if checkpoint is None:
-            raise ModelError(
-                "model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout"
-            )
+            raise ModelError("model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout")
         expected = None
     else:
-        raise ModelError(
-            f"unknown model {name!r}; choose one of {available_models()} or 'custom' with a checkpoint"
-        )
+        raise ModelError(f"unknown model {name!r}; choose one of {available_models()} or 'custom' with a checkpoint")
 
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -218,9 +234,7 @@ def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ModelError(
-            f"cannot read checkpoint {path}: {error}. Is it a PyTorch SAM checkpoint?"
-        ) from error
+        raise ModelError(f"cannot read checkpoint {path}: {error}. Is it a PyTorch SAM checkpoint?") from error
     if not isinstance(payload, dict):
         raise ModelError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
     if payload.get("format") == MODEL_FILE_FORMAT:
@@ -244,15 +258,12 @@ def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
     return sam.eval(), arch, metadata
 
 
-def save_model(
-    model: Sam, arch: SamArchitecture, path: str | os.PathLike, *, half: bool = False, **metadata
-) -> str:
+def save_model(model: Sam, arch: SamArchitecture, path: str | os.PathLike, *, half: bool = False, **metadata) -> str:
     """Write a full model in the project's format (architecture + state dict), atomically; return its sha256."""
     from ..io import atomic_torch_save
 
     state = {
-        k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-        for k, v in model.state_dict().items()
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()
     }
     atomic_torch_save(
         {

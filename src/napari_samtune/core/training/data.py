@@ -84,9 +84,7 @@ def prepare_training_data(
     image). task: "instances" (each id one object), "semantic" (each value a class, 0 background) or "auto".
     """
     if len(images) != len(labels):
-        raise DataError(
-            f"got {len(images)} images but {len(labels)} label images: give one label image per image"
-        )
+        raise DataError(f"got {len(images)} images but {len(labels)} label images: give one label image per image")
     if not images:
         raise DataError("no training images given: add at least one image with its labels")
     names = names or [f"image {i}" for i in range(len(images))]
@@ -120,9 +118,7 @@ def _check_labels(labels: np.ndarray, volume: Volume, name: str) -> np.ndarray:
     lab = np.asarray(labels)
     expected = (volume.n_planes, *volume.plane_shape) if volume.is_stack else volume.plane_shape
     if lab.shape != tuple(expected):
-        raise DataError(
-            f"labels of {name} have shape {lab.shape} but the image has {tuple(expected)} (spatial)"
-        )
+        raise DataError(f"labels of {name} have shape {lab.shape} but the image has {tuple(expected)} (spatial)")
     if lab.dtype == bool:
         return lab.astype(np.int32)
     if np.issubdtype(lab.dtype, np.floating):
@@ -133,9 +129,7 @@ def _check_labels(labels: np.ndarray, volume: Volume, name: str) -> np.ndarray:
             )
         lab = lab.astype(np.int64)
     elif not np.issubdtype(lab.dtype, np.integer):
-        raise DataError(
-            f"labels of {name} have dtype {lab.dtype}: labels must be integer ids (0 = background)"
-        )
+        raise DataError(f"labels of {name} have dtype {lab.dtype}: labels must be integer ids (0 = background)")
     if lab.min() < 0:
         raise DataError(f"labels of {name} contain negative values: use 0 for background and positive ids")
     if not lab.any():

@@ -62,9 +62,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda p: 1.0,
     "step": lambda p: 0.1 ** int(p * 3),
     "poly": lambda p: (1 - p) ** 0.9,
-    "onecycle": lambda p: (
-        min(1.0, 4 * p + 0.25) if p < 0.2 else 0.5 * (1 + math.cos(math.pi * (p - 0.2) / 0.8))
-    ),
+    "onecycle": lambda p: min(1.0, 4 * p + 0.25) if p < 0.2 else 0.5 * (1 + math.cos(math.pi * (p - 0.2) / 0.8)),
 }
 
 
@@ -130,9 +128,7 @@ def run_training(
     torch.manual_seed(config.seed)
     levels = method.levels()
     params = [p for level in levels for p in level.params]
-    optimizers = [
-        torch.optim.AdamW(level.params, lr=level.lr, weight_decay=level.weight_decay) for level in levels
-    ]
+    optimizers = [torch.optim.AdamW(level.params, lr=level.lr, weight_decay=level.weight_decay) for level in levels]
     lr_scale = 1.0
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -174,9 +170,7 @@ def run_training(
         if not ok:
             bad_in_a_row += 1
             lr_scale *= 0.5
-            note = (
-                f"non-finite loss or gradient: step skipped, learning rate halved ({bad_in_a_row} in a row)"
-            )
+            note = f"non-finite loss or gradient: step skipped, learning rate halved ({bad_in_a_row} in a row)"
             if bad_in_a_row >= config.max_bad_steps:
                 _restore(params, best_state)
                 raise TrainingError(

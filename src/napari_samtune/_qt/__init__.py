@@ -1,0 +1,1 @@
+"""The napari widgets (Qt). Each widget reads layers, calls ``napari_samtune.core`` and writes layers back."""

@@ -1,0 +1,281 @@
+"""Dock widget: segment an image from point and box prompts, preview the objects live, commit them as labels.
+
+The widget only translates: ``services.layers`` reads the prompt layers and writes the results, ``core.Segmenter``
+does the segmenting, and model loading and encoding run as a job (``workers.run_job``).
+"""
+
+# No ``from __future__ import annotations`` here: napari injects the viewer only when the ``__init__`` annotation is
+# the real ``Viewer`` class (or the exact string "napari.viewer.Viewer"), and postponed annotations are plain strings.
+
+from collections.abc import Callable, Generator
+from functools import partial
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.layers import Image, Labels, Layer, Points, Shapes
+from napari.utils.notifications import show_error, show_info
+from napari.viewer import Viewer
+from superqt.utils import qthrottled
+
+from ..core.embeddings import CacheError
+from ..core.image import ImageError
+from ..core.models.registry import BUNDLED_NAME, ModelError, SamModel, available_models, load_model
+from ..core.predictor import PromptError
+from ..core.segmenter import Segmenter
+from ..services import layers
+from ..services.layers import LayerError
+from .workers import run_job
+
+CHECKPOINT_FILE = "checkpoint file…"
+USER_ERRORS = (CacheError, ImageError, LayerError, ModelError, PromptError)
+POINTS, BOXES, PREVIEW, SEGMENTATION = "prompts", "boxes", "preview", "segmentation"
+NO_IMAGE = "no image to segment: open one (e.g. File > Open Sample > SAM tune) and choose it under 'image'"
+ModelRequest = tuple[str, str | None]  # (model name, checkpoint path)
+
+
+def prepare_segmenter(
+    model: SamModel | None,
+    request: ModelRequest,
+    segmenter: Segmenter | None,
+    image: np.ndarray,
+    rgb: bool,
+    planes: list[int] | None,
+) -> Generator[dict, None, Segmenter]:
+    """Load the model (unless given) and set the image (unless ``segmenter`` is given), then encode ``planes``
+    (None: all). Yields progress dicts; returns the ready ``Segmenter``."""
+    if segmenter is None:
+        if model is None:
+            yield {"stage": f"loading model {request[0]}"}
+            model = load_model(request[0], checkpoint=request[1])
+        yield {"stage": "reading image"}
+        segmenter = Segmenter(model)
+        segmenter.set_image(image, rgb=rgb)
+    yield {"stage": "encoding"}
+    yield from segmenter.encode(planes)
+    return segmenter
+
+
+class PromptWidget(Container):
+    """Segment the chosen image from prompts on the current slice and commit the objects as new labels.
+
+    Points on 'prompts' (t or n toggles positive/negative) and rectangles on 'boxes' are the prompts: each box is
+    one object with the points inside it, the remaining points one more object. 'preview' shows the objects; Commit
+    adds them to 'segmentation' (one undo step).
+    """
+
+    def __init__(self, viewer: Viewer) -> None:
+        self._viewer = viewer
+        self._image = ComboBox(label="image", choices=self._image_choices, tooltip="The image layer to segment")
+        self._model_name = ComboBox(
+            label="model",
+            choices=[*available_models(), CHECKPOINT_FILE],
+            value=BUNDLED_NAME,
+            tooltip=f"{BUNDLED_NAME} ships with the plugin; vit_b, vit_l and vit_h are downloaded on first use",
+        )
+        self._checkpoint = FileEdit(label="checkpoint", filter="*.pt *.pth", visible=False)
+        self._state = Label(label="embeddings")
+        self._encode = PushButton(
+            text="Encode", tooltip="Compute the embeddings of every plane now (cached on disk); click again to cancel"
+        )
+        self._live = CheckBox(text="live preview", value=True, tooltip="Segment whenever the prompts change")
+        self._segment = PushButton(
+            text="Segment",
+            tooltip="Preview the objects prompted on the current slice (encodes it first if needed). Click points "
+            "on 'prompts' (t or n: toggle positive/negative), draw rectangles on 'boxes'",
+        )
+        self._commit = PushButton(
+            text="Commit", tooltip=f"Add the objects to '{SEGMENTATION}' as new labels and clear the prompts [c]"
+        )
+        self._clear = PushButton(text="Clear", tooltip="Remove all prompts and the preview")
+        super().__init__(
+            widgets=[self._image, self._model_name, self._checkpoint, self._state, self._encode, self._live]
+            + [self._segment, self._commit, self._clear]
+        )
+        self._model: SamModel | None = None
+        self._model_for: ModelRequest | None = None
+        self._segmenter: Segmenter | None = None
+        self._segmenter_for: tuple | None = None
+        self._worker = None
+        self._then: Callable[[], None] | None = None  # what to do once the running job has finished
+        self._preview_soon = qthrottled(self._run, timeout=150, leading=False)
+
+        self._image.changed.connect(self._on_image)
+        self._model_name.changed.connect(self._on_model)
+        self._checkpoint.changed.connect(self._on_model)
+        self._encode.clicked.connect(self._on_encode)
+        self._segment.clicked.connect(lambda: self._run())
+        self._commit.clicked.connect(lambda: self._run(commit=True))
+        self._clear.clicked.connect(self._on_clear)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.dims.events.current_step.connect(self._on_prompts)
+        self._on_image()
+
+    def set_model(self, model: SamModel) -> None:
+        """Use the loaded ``model`` for the current model choice instead of loading it (scripts, tests)."""
+        self._model, self._model_for = model, self._model_request()
+        self._segmenter = None
+        self._show_state()
+
+    def _image_choices(self, _widget: ComboBox) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _model_request(self) -> ModelRequest:
+        if self._model_name.value == CHECKPOINT_FILE:
+            return "custom", str(self._checkpoint.value)
+        return self._model_name.value, None
+
+    def _current_segmenter(self, image: Image) -> Segmenter | None:
+        """The segmenter for this image and model choice, if one is ready."""
+        key = (self._model_request(), id(image), id(image.data))
+        return self._segmenter if self._segmenter_for == key else None
+
+    def _layer(self, name: str, kind: type[Layer], make: Callable, image: Image, replace: bool = True) -> Layer:
+        """Layer ``name`` for ``image``: made when missing; replaced (or, without ``replace``, refused) when it
+        belongs to another image."""
+        old = self._viewer.layers[name] if name in self._viewer.layers else None
+        if old is not None and isinstance(old, kind) and layers.fits(old, image):
+            return old
+        if old is not None and not replace:
+            raise LayerError(
+                f"layer {name!r} ({type(old).__name__}, {old.ndim}D) does not fit image {image.name!r} of shape "
+                f"{layers.spatial_shape(image)}: rename or delete {name!r} and a new one is made"
+            )
+        if old is not None:
+            self._viewer.layers.remove(old)
+        return self._viewer.add_layer(make(image, name))
+
+    def _prompt_layers(self, image: Image) -> tuple[Points, Shapes, Labels]:
+        points = self._layer(POINTS, Points, layers.prompt_points, image)
+        boxes = self._layer(BOXES, Shapes, layers.prompt_boxes, image)
+        preview = self._layer(PREVIEW, Labels, partial(layers.labels_like, dtype=np.uint16, opacity=0.6), image)
+        for layer in (points, boxes):
+            layer.events.data.connect(self._on_prompts)  # connecting twice is a no-op
+            layer.bind_key("c", lambda _layer: self._run(commit=True), overwrite=True)
+        for key in ("t", "n"):
+            points.bind_key(key, self._toggle_polarity, overwrite=True)
+        return points, boxes, preview
+
+    def _on_image(self) -> None:
+        """Make the prompt layers for the chosen image, ready for clicking."""
+        if (image := self._image.value) is not None:
+            try:
+                points = self._prompt_layers(image)[0]
+            except LayerError as error:
+                show_error(str(error))
+            else:
+                points.mode = "add"
+                self._viewer.layers.selection.active = points
+        self._on_prompts()
+
+    def _on_model(self) -> None:
+        self._checkpoint.visible = self._model_name.value == CHECKPOINT_FILE
+        self._model = self._segmenter = None  # free the old model's memory now
+        self._show_state()
+
+    def _on_prompts(self, _event: object = None) -> None:
+        self._show_state()
+        if self._live.value and self._image.value is not None:
+            self._preview_soon()
+
+    def _toggle_polarity(self, points: Points) -> None:
+        layers.toggle_polarity(points)
+        self._on_prompts()
+
+    def _on_clear(self) -> None:
+        if (image := self._image.value) is not None:
+            points, boxes, preview = self._prompt_layers(image)
+            layers.clear_prompts(points, boxes)
+            layers.show_preview(preview, None, None)
+
+    def _on_encode(self) -> None:
+        if self._worker is not None:  # the button reads "Cancel" while a job runs
+            self._then = None
+            self._worker.quit()
+        elif (image := self._image.value) is None:
+            show_error(NO_IMAGE)
+        else:
+            self._start_job(image, None)
+
+    def _run(self, commit: bool = False) -> None:
+        """Segment the objects prompted on the current slice; show them in the preview, or commit them."""
+        if (image := self._image.value) is None:
+            show_error(NO_IMAGE)
+            return
+        try:
+            points, boxes, preview = self._prompt_layers(image)
+            plane = layers.current_plane(image, self._viewer.dims.point)
+            prompts = layers.read_prompts(points, boxes, plane)
+            segmenter = self._current_segmenter(image)
+            if prompts and (segmenter is None or not segmenter.is_encoded(plane or 0)):
+                self._start_job(image, [plane or 0], then=partial(self._run, commit))
+                return
+            masks = segmenter.segment(prompts, plane or 0).masks if prompts else None
+            if not commit:
+                layers.show_preview(preview, masks, plane)
+            elif masks is None:
+                show_info("nothing to commit: click points or draw boxes first")
+            else:
+                labels = self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)
+                ids = layers.paint_objects(labels, masks, plane)
+                layers.clear_prompts(points, boxes)
+                layers.show_preview(preview, None, plane)
+                show_info(f"added {len(ids)} object(s) to '{labels.name}' as label(s) {ids}")
+        except USER_ERRORS as error:
+            show_error(str(error))
+
+    def _start_job(self, image: Image, planes: list[int] | None, then: Callable[[], None] | None = None) -> None:
+        """Load the model, set the image and encode ``planes`` in a worker, then call ``then``."""
+        self._then = then
+        if self._worker is not None:  # one job at a time: ``then`` runs when the current one ends
+            return
+        request = self._model_request()
+        model = self._model if self._model_for == request else None
+        job = partial(prepare_segmenter, model, request, self._current_segmenter(image), image.data, image.rgb, planes)
+        self._encode.text = "Cancel"
+        self._worker = run_job(
+            job,
+            description="SAM tune: preparing embeddings",
+            on_yielded=self._show_progress,
+            on_returned=partial(self._job_returned, (request, id(image), id(image.data))),
+            on_error=self._job_failed,
+            on_finished=self._job_finished,
+        )
+
+    def _show_progress(self, event: dict) -> None:
+        self._state.value = f"encoded {event['done']}/{event['total']}" if "total" in event else event["stage"]
+
+    def _job_returned(self, key: tuple, segmenter: Segmenter) -> None:
+        self._segmenter, self._segmenter_for = segmenter, key
+        self._model, self._model_for = segmenter.model, key[0]
+
+    def _job_failed(self, error: Exception) -> None:
+        self._then = None
+        if not isinstance(error, USER_ERRORS):
+            raise error  # a bug: let napari show the traceback
+        show_error(str(error))
+
+    def _job_finished(self) -> None:
+        self._worker = None
+        self._encode.text = "Encode"
+        self._show_state()
+        then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def _show_state(self) -> None:
+        """Say whether the current slice's embeddings are ready (cached) or still to compute."""
+        if self._worker is not None:
+            return
+        image = self._image.value
+        segmenter = self._current_segmenter(image) if image is not None else None
+        if segmenter is None:
+            self._state.value = "not computed yet" if image is not None else "no image"
+            return
+        try:
+            plane = layers.current_plane(image, self._viewer.dims.point)
+        except LayerError:
+            self._state.value = "slice outside the image"
+            return
+        where = "" if plane is None else f"slice {plane}: "
+        self._state.value = where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")

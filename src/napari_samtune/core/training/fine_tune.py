@@ -1,0 +1,83 @@
+"""``fine_tune``: adapt a model to the user's data with one of the methods, in the shared loop, on a copy.
+
+The model passed in is never modified: a cancelled or failed fine-tune leaves it exactly as it was. The result
+holds the adapted copy and its adapter (what to save).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+
+from ..models.registry import SamModel
+from .adapters import Adapter
+from .data import TrainingData
+from .interactive import InteractiveFineTuning, InteractiveSettings
+from .loop import TrainConfig, TrainEvent, TrainResult, run_training
+from .lora import state_hash
+
+# name → (settings class, method class). Each method module registers itself here.
+METHODS: dict[str, tuple[type, type]] = {"interactive": (InteractiveSettings, InteractiveFineTuning)}
+
+
+@dataclass
+class FineTuneResult:
+    model: SamModel
+    adapter: Adapter
+    training: TrainResult
+
+    @property
+    def cancelled(self) -> bool:
+        return self.training.stopped == "cancelled"
+
+
+def fine_tune(
+    model: SamModel,
+    data: TrainingData,
+    method: str = "interactive",
+    settings: object | None = None,
+    config: TrainConfig | None = None,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    cache_root: str | Path | bool | None = None,
+) -> Generator[TrainEvent, None, FineTuneResult]:
+    """Fine-tune a copy of ``model``; yields progress events and returns a ``FineTuneResult``.
+
+    settings: the method's settings object (default settings when None); config: loop settings.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    settings_cls, method_cls = METHODS[method]
+    settings = settings if settings is not None else settings_cls()
+    config = config or TrainConfig()
+    work = model.copy()
+    runner = method_cls(work, data, settings, cache_root=cache_root)
+    training = yield from run_training(runner, config, should_stop, device=work.device)
+    parts = runner.adapter_parts()
+    if parts["lora"] is not None:
+        work.encoder_id = f"{model.encoder_id}+lora:{state_hash(parts['lora']['state'])}"
+    if parts["prompt_embeddings"] is not None:
+        work.prompt_embeddings = parts["prompt_embeddings"]
+        work.classes = tuple(data.classes)
+    work.sam.eval()
+    adapter = Adapter(
+        base_name=model.name,
+        base_sha256=model.weights_sha256,
+        architecture=model.architecture.to_dict(),
+        method=method,
+        settings=_as_dict(settings),
+        train_config=config.to_dict(),
+        task=data.task,
+        classes=list(data.classes),
+        data_summary=data.summary(),
+        metrics={"best_validation": training.best_validation, "steps": training.steps, "stopped": training.stopped},
+        **parts,
+    )
+    return FineTuneResult(work, adapter, training)
+
+
+def _as_dict(settings: object) -> dict:
+    if is_dataclass(settings):
+        return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in asdict(settings).items()}
+    return dict(vars(settings))
