@@ -13,6 +13,7 @@ from functools import partial
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Image, Labels, Layer, Points, Shapes
+from napari.utils.events import EventEmitter
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from superqt.utils import qthrottled
@@ -65,32 +66,37 @@ class PromptWidget(Container):
 
     def __init__(self, viewer: Viewer) -> None:
         self._viewer = viewer
-        self._image = ComboBox(label="image", choices=self._image_choices, tooltip="The image layer to segment")
+        self._image = ComboBox(name="image", choices=self._image_choices, tooltip="The image layer to segment")
         self._model_name = ComboBox(
-            label="model",
+            name="model",
             choices=[*available_models(), CHECKPOINT_FILE],
             value=BUNDLED_NAME,
             tooltip=f"{BUNDLED_NAME} ships with the plugin; vit_b, vit_l and vit_h are downloaded on first use",
         )
-        self._checkpoint = FileEdit(label="checkpoint", filter="*.pt *.pth", visible=False)
-        self._state = Label(label="embeddings")
+        self._checkpoint = FileEdit(name="checkpoint", filter="*.pt *.pth", visible=False)
+        self._state = Label(name="embeddings")
         self._encode = PushButton(
-            text="Encode", tooltip="Compute the embeddings of every plane now (cached on disk); click again to cancel"
+            name="encode",
+            text="Encode",
+            tooltip="Compute the embeddings of every plane now (cached on disk); click again to cancel",
         )
-        self._live = CheckBox(text="live preview", value=True, tooltip="Segment whenever the prompts change")
+        self._live = CheckBox(
+            name="live_preview", text="live preview", value=True, tooltip="Segment whenever the prompts change"
+        )
         self._segment = PushButton(
+            name="segment",
             text="Segment",
             tooltip="Preview the objects prompted on the current slice (encodes it first if needed). Click points "
             "on 'prompts' (t or n: toggle positive/negative), draw rectangles on 'boxes'",
         )
         self._commit = PushButton(
-            text="Commit", tooltip=f"Add the objects to '{SEGMENTATION}' as new labels and clear the prompts [c]"
+            name="commit",
+            text="Commit",
+            tooltip=f"Add the objects to '{SEGMENTATION}' as new labels and clear the prompts [c]",
         )
-        self._clear = PushButton(text="Clear", tooltip="Remove all prompts and the preview")
-        super().__init__(
-            widgets=[self._image, self._model_name, self._checkpoint, self._state, self._encode, self._live]
-            + [self._segment, self._commit, self._clear]
-        )
+        self._clear = PushButton(name="clear_prompts", text="Clear", tooltip="Remove all prompts and the preview")
+        controls = (self._image, self._model_name, self._checkpoint, self._state, self._encode, self._live)
+        super().__init__(widgets=[*controls, self._segment, self._commit, self._clear])
         self._model: SamModel | None = None
         self._model_for: ModelRequest | None = None
         self._segmenter: Segmenter | None = None
@@ -98,6 +104,9 @@ class PromptWidget(Container):
         self._worker = None
         self._then: Callable[[], None] | None = None  # what to do once the running job has finished
         self._preview_soon = qthrottled(self._run, timeout=150, leading=False)
+        self._connections: list[tuple[EventEmitter, Callable]] = []
+        self._key_bindings: list[tuple[Layer, str]] = []
+        self.native.destroyed.connect(self._disconnect)
 
         self._image.changed.connect(self._on_image)
         self._model_name.changed.connect(self._on_model)
@@ -106,9 +115,7 @@ class PromptWidget(Container):
         self._segment.clicked.connect(lambda: self._run())
         self._commit.clicked.connect(lambda: self._run(commit=True))
         self._clear.clicked.connect(self._on_clear)
-        viewer.layers.events.inserted.connect(self.reset_choices)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        viewer.dims.events.current_step.connect(self._on_prompts)
+        self._listen(viewer.dims.events.current_step, self._on_prompts)
         self._on_image()
 
     def set_model(self, model: SamModel) -> None:
@@ -116,6 +123,25 @@ class PromptWidget(Container):
         self._model, self._model_for = model, self._model_request()
         self._segmenter = None
         self._show_state()
+
+    def _listen(self, emitter: EventEmitter, callback: Callable) -> None:
+        """Connect ``callback`` to a viewer or layer event for as long as this widget lives (once only)."""
+        if (emitter, callback) not in self._connections:
+            emitter.connect(callback)
+            self._connections.append((emitter, callback))
+
+    def _bind_key(self, layer: Layer, key: str, callback: Callable) -> None:
+        layer.bind_key(key, callback, overwrite=True)
+        if (layer, key) not in self._key_bindings:
+            self._key_bindings.append((layer, key))
+
+    def _disconnect(self) -> None:
+        """Forget the viewer and its layers once the widget is gone: they may outlive it."""
+        self._preview_soon.cancel()
+        for emitter, callback in self._connections:
+            emitter.disconnect(callback)
+        for layer, key in self._key_bindings:
+            layer.bind_key(key, None)
 
     def _image_choices(self, _widget: ComboBox) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -134,14 +160,11 @@ class PromptWidget(Container):
         """Layer ``name`` for ``image``: made when missing; replaced (or, without ``replace``, refused) when it
         belongs to another image."""
         old = self._viewer.layers[name] if name in self._viewer.layers else None
-        if old is not None and isinstance(old, kind) and layers.fits(old, image):
+        if old is not None and layers.fits(old, kind, image):
             return old
-        if old is not None and not replace:
-            raise LayerError(
-                f"layer {name!r} ({type(old).__name__}, {old.ndim}D) does not fit image {image.name!r} of shape "
-                f"{layers.spatial_shape(image)}: rename or delete {name!r} and a new one is made"
-            )
         if old is not None:
+            if not replace:
+                layers.check_fits(old, kind, image)
             self._viewer.layers.remove(old)
         return self._viewer.add_layer(make(image, name))
 
@@ -150,10 +173,10 @@ class PromptWidget(Container):
         boxes = self._layer(BOXES, Shapes, layers.prompt_boxes, image)
         preview = self._layer(PREVIEW, Labels, partial(layers.labels_like, dtype=np.uint16, opacity=0.6), image)
         for layer in (points, boxes):
-            layer.events.data.connect(self._on_prompts)  # connecting twice is a no-op
-            layer.bind_key("c", lambda _layer: self._run(commit=True), overwrite=True)
+            self._listen(layer.events.data, self._on_prompts)
+            self._bind_key(layer, "c", self._commit_key)
         for key in ("t", "n"):
-            points.bind_key(key, self._toggle_polarity, overwrite=True)
+            self._bind_key(points, key, self._toggle_polarity)
         return points, boxes, preview
 
     def _on_image(self) -> None:
@@ -181,6 +204,9 @@ class PromptWidget(Container):
     def _toggle_polarity(self, points: Points) -> None:
         layers.toggle_polarity(points)
         self._on_prompts()
+
+    def _commit_key(self, _layer: Layer) -> None:
+        self._run(commit=True)
 
     def _on_clear(self) -> None:
         if (image := self._image.value) is not None:

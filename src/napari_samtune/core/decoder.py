@@ -67,8 +67,19 @@ def decode(
     multimask outputs.
     """
     sparse = embed_sparse(sam, coords, labels)
+    return decode_tokens(sam, image_embeddings, image_pe, sparse, embed_dense(sam, mask_inputs, sparse.shape[0]))
+
+
+def decode_tokens(
+    sam: Sam,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode`` from prompt tokens: ``(N, P, C)`` sparse tokens (``embed_sparse``'s, or learned ones) and the
+    ``(N, C, h, w)`` or ``(1, C, h, w)`` dense embedding (``embed_dense``). Returns ``decode``'s outputs."""
     n = sparse.shape[0]
-    dense = embed_dense(sam, mask_inputs, n)
     tokens = _output_tokens(sam, sparse)
     src = image_embeddings + dense  # broadcasts a shared (1, C, h, w) embedding over the prompts
     if src.shape[0] != n:

@@ -196,8 +196,8 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
         outside = (points[:, 0] < 0) | (points[:, 0] > h - 1) | (points[:, 1] < 0) | (points[:, 1] > w - 1)
         if outside.any():
             raise PromptError(
-                f"object {index}: point {tuple(points[outside][0].round(1))} (row, col) is outside the image of "
-                f"shape {(h, w)}"
+                f"object {index}: point {tuple(points[outside][0].round(1).tolist())} (row, col) is outside the "
+                f"image of shape {(h, w)}"
             )
         labels = np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
@@ -207,7 +207,7 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
         if box.shape != (4,) or not np.isfinite(box).all():
             raise PromptError(f"object {index}: a box needs 4 finite numbers (row0, col0, row1, col1)")
         if box[2] < box[0] or box[3] < box[1]:
-            raise PromptError(f"object {index}: box {tuple(box)} has row1 < row0 or col1 < col0")
+            raise PromptError(f"object {index}: box {tuple(box.tolist())} has row1 < row0 or col1 < col0")
         box = np.clip(box, 0, [h - 1, w - 1, h - 1, w - 1])
     if prompt.mask is not None:
         mask = np.asarray(prompt.mask)

@@ -297,3 +297,17 @@ def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 25
         return {f"synthetic_{k}_miou": float(np.mean(v)) for k, v in ious.items()}
 
     return run
+
+
+def load_checkpoint_model(path: str | Path, device: str = "cpu"):
+    """A ``SamModel`` from a pretraining checkpoint (for evaluation at checkpoints and for export)."""
+    from .models.registry import SamModel, file_sha256
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    arch = SamArchitecture.from_dict(ckpt["config"]["architecture"])
+    sam = build_sam(arch)
+    sam.load_state_dict(ckpt["model"])
+    state = ckpt["state"]
+    model = SamModel(sam.eval().to(device), f"pretrain@{state['step']}", arch, file_sha256(path), torch.device(device))
+    model.metadata = {"steps": state["step"], "cpu_s": state["cpu_s"]}
+    return model

@@ -82,6 +82,11 @@ class Segmenter:
         """
         points = np.asarray(points, dtype=float).reshape(-1, 2)
         labels = np.ones(len(points)) if labels is None else np.asarray(labels).ravel()
+        if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
+            raise PromptError(
+                f"give one label per point, 1 (positive) or 0 (negative); got {labels.tolist()} for "
+                f"{len(points)} points"
+            )
         positive, negative = points[labels == 1], points[labels == 0]
         prompts = [
             ObjectPrompt(

@@ -85,21 +85,25 @@ def labels_like(image: Image, name: str, dtype: type = np.int32, **kwargs) -> La
     return Labels(data, name=name, scale=image.scale, translate=image.translate, **kwargs)
 
 
-def fits(layer: Layer, image: Image) -> bool:
-    """Whether ``layer`` can hold data for ``image``: same dimensions and, for Labels, the same shape."""
+def fits(layer: Layer, kind: type[Layer], image: Image) -> bool:
+    """Whether ``layer`` is a ``kind`` layer for ``image``: same dimensions and, for Labels, the same shape."""
+    if not isinstance(layer, kind):
+        return False
     shape = spatial_shape(image)
-    if isinstance(layer, Labels):
-        return layer.data.shape == shape
-    return layer.ndim == len(shape)
+    return layer.data.shape == shape if isinstance(layer, Labels) else layer.ndim == len(shape)
 
 
-def check_fits(labels: Labels, image: Image) -> None:
-    """Raise ``LayerError`` when ``labels`` does not cover ``image`` pixel for pixel."""
-    if not fits(labels, image):
-        raise LayerError(
-            f"labels layer {labels.name!r} has shape {labels.data.shape} but image {image.name!r} has "
-            f"{spatial_shape(image)}: rename or delete {labels.name!r} and a new one is made"
-        )
+def check_fits(layer: Layer, kind: type[Layer], image: Image) -> None:
+    """Raise ``LayerError`` naming the mismatch when ``layer`` is not a ``kind`` layer for ``image``."""
+    if fits(layer, kind, image):
+        return
+    if not isinstance(layer, kind):
+        found = f"is a {layer.__class__.__name__} layer, not {kind.__name__},"
+    elif isinstance(layer, Labels):
+        found = f"has shape {layer.data.shape} but image {image.name!r} has {spatial_shape(image)}:"
+    else:
+        found = f"has {layer.ndim} dimensions but image {image.name!r} has {len(spatial_shape(image))}:"
+    raise LayerError(f"layer {layer.name!r} {found} rename or delete {layer.name!r} and a new one is made")
 
 
 def toggle_polarity(points: Points) -> None:

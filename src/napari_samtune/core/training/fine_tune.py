@@ -12,13 +12,17 @@ from pathlib import Path
 
 from ..models.registry import SamModel
 from .adapters import Adapter
+from .blo import BLOPromptLearning, BLOSettings
 from .data import TrainingData
 from .interactive import InteractiveFineTuning, InteractiveSettings
 from .loop import TrainConfig, TrainEvent, TrainResult, run_training
 from .lora import state_hash
 
 # name → (settings class, method class). Each method module registers itself here.
-METHODS: dict[str, tuple[type, type]] = {"interactive": (InteractiveSettings, InteractiveFineTuning)}
+METHODS: dict[str, tuple[type, type]] = {
+    "interactive": (InteractiveSettings, InteractiveFineTuning),
+    "blo": (BLOSettings, BLOPromptLearning),
+}
 
 
 @dataclass
