@@ -193,12 +193,14 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
         points = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(points).all():
             raise PromptError(f"object {index}: a point coordinate is NaN or infinite")
-        outside = (points[:, 0] < 0) | (points[:, 0] > h - 1) | (points[:, 1] < 0) | (points[:, 1] > w - 1)
+        # Pixel i spans i - 0.5 .. i + 0.5 (napari's convention): a click on the outer half of an edge pixel is inside.
+        outside = ((points < -0.5) | (points > np.array([h, w]) - 0.5)).any(axis=1)
         if outside.any():
             raise PromptError(
                 f"object {index}: point {tuple(points[outside][0].round(1).tolist())} (row, col) is outside the "
                 f"image of shape {(h, w)}"
             )
+        points = np.clip(points, 0, [h - 1, w - 1])
         labels = np.ones(len(points)) if prompt.labels is None else np.asarray(prompt.labels, np.float64).ravel()
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
             raise PromptError(f"object {index}: point labels must be one 1 (positive) or 0 (negative) per point")

@@ -187,12 +187,14 @@ def train_refinement(
     steps: int = 300,
     lr: float = 3e-3,
     seed: int = 0,
+    size: int = 256,
 ) -> RefinementHead:
-    """Train a ``RefinementHead`` on (image (H, W, 3) in [0, 255], model logits (H, W), true mask (H, W)) triples."""
+    """Train a ``RefinementHead`` on (image (H, W, 3) in [0, 255], model logits (H, W), true mask (H, W)) triples;
+    ``size``: the head's working resolution (its cost grows with size²)."""
     if not examples:
         raise ValueError("train_refinement needs at least one (image, logits, mask) example")
     torch.manual_seed(seed)
-    head = RefinementHead()
+    head = RefinementHead(size=size)
     inputs = torch.cat([head._inputs(img, lg) for img, lg, _ in examples])
     targets = torch.cat(
         [

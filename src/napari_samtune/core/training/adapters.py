@@ -78,6 +78,11 @@ def apply_adapter(base: SamModel, adapter: Adapter) -> SamModel:
             f"{adapter.base_sha256[:12]}…) but the loaded model is '{base.name}' ({base.weights_sha256[:12]}…): "
             f"load '{adapter.base_name}' first, then the adapter"
         )
+    if adapter.architecture != base.architecture.to_dict():
+        raise AdapterError(
+            f"this adapter was trained with input size {adapter.architecture.get('img_size')} but the model takes "
+            f"{base.architecture.img_size}: resize the model first (core.models.resize.with_input_size)"
+        )
     model = base.copy()
     for name, state in adapter.modules.items():
         getattr(model.sam, name).load_state_dict(state)

@@ -59,7 +59,9 @@ class BLOSettings:
     fd_epsilon: float = 0.01
     xi: float | None = None
     single_level: bool = False
-    focal_weight: float = 20.0
+    # Not SAM's 20:1 focal-to-Dice ratio: tuned for prompted masks, it drives prompt-free maps of sparse foreground
+    # to all background.
+    focal_weight: float = 1.0
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     loss_size: int = 128
