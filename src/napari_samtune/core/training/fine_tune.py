@@ -17,11 +17,15 @@ from .data import TrainingData
 from .interactive import InteractiveFineTuning, InteractiveSettings
 from .loop import TrainConfig, TrainEvent, TrainResult, run_training
 from .lora import state_hash
+from .sum import SUMSettings, UncertaintyAwareFineTuning
+from .wesam import WeakSelfTraining, WeSAMSettings
 
 # name → (settings class, method class). Each method module registers itself here.
 METHODS: dict[str, tuple[type, type]] = {
     "interactive": (InteractiveSettings, InteractiveFineTuning),
     "blo": (BLOSettings, BLOPromptLearning),
+    "sum": (SUMSettings, UncertaintyAwareFineTuning),
+    "wesam": (WeSAMSettings, WeakSelfTraining),
 }
 
 

@@ -15,7 +15,7 @@ from ..models.registry import SamModel
 from .data import TrainingData, instances_of
 from .loop import Level
 from .lora import LoraSettings, add_lora, lora_state
-from .prompts import interior_point, jittered_box, random_click
+from .prompts import interior_point, jittered_box, mask_box, random_click
 from .session_loss import session_loss
 from .units import Unit, build_units, unit_embeddings
 
@@ -168,7 +168,20 @@ class InteractiveFineTuning:
 
 
 def click_ious(model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int) -> list[float]:
-    """IoU per object (in the encoder-input frame) from one interior click, at most ``max_objects`` objects."""
+    """IoU per object (in the encoder-input frame) from one interior click (the best of the multimask outputs), at
+    most ``max_objects`` objects."""
+    return _prompted_ious(model, units, objects, max_objects, box=False)
+
+
+def box_ious(model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int) -> list[float]:
+    """IoU per object (in the encoder-input frame) from its tight box (the single-mask output), at most
+    ``max_objects`` objects."""
+    return _prompted_ious(model, units, objects, max_objects, box=True)
+
+
+def _prompted_ious(
+    model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int, box: bool
+) -> list[float]:
     sam, ious, budget = model.sam, [], max_objects
     pe = dense_positional_encoding(sam)
     for unit, objs in zip(units, objects):
@@ -179,14 +192,18 @@ def click_ious(model: SamModel, units: list[Unit], objects: list[_Objects], max_
             continue
         budget -= len(ids)
         masks = [objs.instances == i for i in ids]
-        coords, labels = pack_prompts(
-            [np.array([interior_point(m)], np.float32) for m in masks], [np.ones(1)] * len(ids), [None] * len(ids)
-        )
+        n = len(ids)
+        if box:
+            points, point_labels, boxes = [None] * n, [None] * n, [mask_box(m) for m in masks]
+        else:
+            points = [np.array([interior_point(m)], np.float32) for m in masks]
+            point_labels, boxes = [np.ones(1)] * n, [None] * n
+        coords, labels = pack_prompts(points, point_labels, boxes, device=model.device)
         emb = unit_embeddings(model, [unit])
         logits, iou = decode(sam, emb, pe, coords, labels)
-        best = logits[torch.arange(len(ids)), iou[:, 1:].argmax(1) + 1][:, None]
+        best = logits[:, :1] if box else logits[torch.arange(n), iou[:, 1:].argmax(1) + 1][:, None]
         pred = F.interpolate(best, size=unit.labels.shape, mode="bilinear", align_corners=False)[:, 0] > 0
-        for p, m in zip(pred.numpy(), masks):
+        for p, m in zip(pred.cpu().numpy(), masks):
             p = p & unit.valid
             ious.append(float((p & m).sum() / max((p | m).sum(), 1)))
     return ious or [0.0]

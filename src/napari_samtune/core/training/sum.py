@@ -148,7 +148,8 @@ def mask_proposals(
 
     logits ``(N, L, L)``, scores ``(N,)`` (predicted IoU), valid ``(L, L)`` bool. A mask is kept when its predicted
     IoU and stability (IoU of the masks thresholded at logit +1 and −1, as in SAM) pass the thresholds, its area is
-    plausible for an object, and no better kept mask overlaps it with IoU above ``nms_iou``.
+    at least ``_MIN_AREA`` pixels and at most ``_MAX_AREA_FRACTION`` of the valid area, and no better kept mask
+    overlaps it with IoU above ``nms_iou``.
     """
     masks = (logits > 0) & valid
     area = masks.sum((-2, -1))
@@ -189,7 +190,9 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
         super().__init__(model, data, settings or SUMSettings(), cache_root)
         s = self.settings
         items = [
-            Item(i, z, np.zeros(v.plane_shape, np.int32)) for i, v in enumerate(data.unlabeled) for z in range(v.n_planes)
+            Item(i, z, np.zeros(v.plane_shape, np.int32))
+            for i, v in enumerate(data.unlabeled)
+            for z in range(v.n_planes)
         ]
         self.unlabeled_units = build_units(
             model,
@@ -210,7 +213,8 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
     def _unlabeled_backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
         s, size = self.settings, self.model.img_size
         picks = rng.choice(len(self.unlabeled_units), min(s.units_per_step, len(self.unlabeled_units)), replace=False)
-        units, index, points, probability, uncertainty, valid = [], [], [], [], [], []
+        units, index, points = [], [], []
+        maps: tuple[list, list, list] = ([], [], [])  # probability, uncertainty, valid of each trained object
         for i in picks:
             pseudo = self.pseudo[i]
             if pseudo is None or step - pseudo.step >= s.refresh_every:
@@ -225,9 +229,8 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
                 scale = size / prob.shape[-1]  # loss-grid pixel → encoder-input pixel centre
                 points.append(np.array([[(click[0] + 0.5) * scale - 0.5, (click[1] + 0.5) * scale - 0.5]], np.float32))
                 index.append(len(units))
-                probability.append(prob)
-                uncertainty.append(unc)
-                valid.append(pseudo.valid)
+                for stack, value in zip(maps, (prob, unc, pseudo.valid)):
+                    stack.append(value)
                 used = True
             if used:
                 units.append(self.unlabeled_units[i])
@@ -237,15 +240,12 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
         device = self.model.device
         embeddings = unit_embeddings(self.model, units)[torch.as_tensor(index, device=device)]
         coords, labels = pack_prompts(points, [np.ones(1, np.float32)] * len(points), [None] * len(points), device)
-        as_tensor = lambda a: torch.from_numpy(np.stack(a))[:, None].to(device)  # noqa: E731
-        prob_t = as_tensor(probability)
-        target = prob_t if s.soft else (prob_t > 0.5).float()
+        probability, uncertainty, valid = (torch.from_numpy(np.stack(a))[:, None].to(device) for a in maps)
+        target = probability if s.soft else (probability > 0.5).float()
         self.model.sam.train()
         logits, iou = decode(self.model.sam, embeddings, self.image_pe, coords, labels)
         # One click: SAM's three candidates, the best one trained (as for labeled clicks).
-        out = uncertainty_weighted_losses(
-            logits[:, 1:], iou[:, 1:], target, as_tensor(uncertainty), as_tensor(valid), s.weighting
-        )
+        out = uncertainty_weighted_losses(logits[:, 1:], iou[:, 1:], target, uncertainty, valid, s.weighting)
         total = s.unlabeled_weight * out["total"]
         total.backward()
         self.model.sam.eval()
@@ -256,7 +256,7 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
             "pseudo_dice": float(out["dice"]),
             "pseudo_iou_mse": float(out["iou_mse"]),
             "pseudo_objects": float(len(points)),
-            "pseudo_uncertainty": float(as_tensor(uncertainty)[inside].mean()) if inside.any() else 0.0,
+            "pseudo_uncertainty": float(uncertainty[inside].mean()) if inside.any() else 0.0,
         }
 
     @torch.no_grad()
@@ -278,13 +278,13 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
             nms_iou=s.nms_threshold,
             max_objects=s.max_pseudo_objects,
         )
-        kept = logits.flatten(0, 1)[keep].numpy()
-        keep = keep.numpy()
-        if not len(kept):
+        if not len(keep):
             empty = np.zeros((0, size, size), np.float32)
             return PseudoLabels(empty, empty, valid.numpy(), step)
-        uncertainty = self._uncertainty(index, embedding, points[keep // 3], keep % 3, kept, step)
-        probability = sigmoid(kept) * valid.numpy()
+        point, candidate = keep.numpy() // 3, keep.numpy() % 3
+        siblings = logits[point].numpy()
+        uncertainty = self._uncertainty(index, embedding, points[point], siblings, candidate, step)
+        probability = sigmoid(siblings[np.arange(len(keep)), candidate]) * valid.numpy()
         return PseudoLabels(probability, uncertainty.astype(np.float32), valid.numpy(), step)
 
     def _uncertainty(
@@ -292,18 +292,20 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
         index: int,
         embedding: torch.Tensor,
         points: np.ndarray,
+        siblings: np.ndarray,
         candidate: np.ndarray,
-        logits: np.ndarray,
         step: int,
     ) -> np.ndarray:
-        """``(K, L, L)`` uncertainty of K pseudo-objects made by ``points`` ``(K, 2)`` (candidate output index
-        ``(K,)``) with logits ``(K, L, L)``."""
-        source, probability = self.settings.uncertainty, sigmoid(logits)
+        """``(K, L, L)`` uncertainty of K pseudo-objects of unlabeled unit ``index``: object k is candidate output
+        ``candidate[k]`` of the click ``points[k]`` (x, y), whose three candidates' logits are ``siblings[k]``
+        ``(3, L, L)``."""
+        source = self.settings.uncertainty
+        logits = siblings[np.arange(len(siblings)), candidate]
+        probability = sigmoid(logits)
         if source == "entropy":
             return binary_entropy(probability)
         if source == "multimask":
-            siblings = sigmoid(self._decode_clicks(embedding, points)[0].numpy())
-            return np.stack([disagreement(p) for p in siblings])
+            return np.stack([disagreement(sigmoid(p)) for p in siblings])
         if source == "prompt":
             n, side = self.settings.uncertainty_samples, self.model.img_size
             rng = np.random.default_rng([index, step])

@@ -22,7 +22,7 @@ Unlike the reference code, which passes the number of masks where the focal loss
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ class WeSAMSettings:
     switch those losses off for the ablation; temperature: of the InfoNCE loss.
     """
 
-    lora: LoraSettings | None = LoraSettings(rank=4)
+    lora: LoraSettings | None = field(default_factory=lambda: LoraSettings(rank=4))
     train_decoder: bool = False
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -89,7 +89,13 @@ class UnitPrompts:
         return len(self.boxes)
 
     def take(self, index: np.ndarray) -> UnitPrompts:
-        return UnitPrompts(*([entries[i] for i in index] for entries in (self.points, self.labels, self.boxes)))
+        return UnitPrompts(
+            [self.points[i] for i in index], [self.labels[i] for i in index], [self.boxes[i] for i in index]
+        )
+
+    @staticmethod
+    def concat(parts: list[UnitPrompts]) -> UnitPrompts:
+        return UnitPrompts(*([e for p in parts for e in getattr(p, name)] for name in ("points", "labels", "boxes")))
 
 
 def weak_prompts(weak: WeakLabels, plane: int, is_stack: bool, tile: np.ndarray, scale: float) -> UnitPrompts:
@@ -100,11 +106,18 @@ def weak_prompts(weak: WeakLabels, plane: int, is_stack: bool, tile: np.ndarray,
     without a plane index belong to plane 0; coarse masks are ``(K, *spatial)`` like the image.
     """
     r0, c0, r1, c1 = (float(v) for v in tile)
-    inside = lambda r, c: r0 <= r < r1 and c0 <= c < c1  # noqa: E731
-    to_xy = lambda r, c: np.array([(c - c0) * scale, (r - r0) * scale], np.float32)  # noqa: E731
+
+    def inside(r: float, c: float) -> bool:
+        return r0 <= r < r1 and c0 <= c < c1
+
+    def to_xy(r: float, c: float) -> np.ndarray:
+        return np.array([(c - c0) * scale, (r - r0) * scale], np.float32)
+
     limit = np.array([(c1 - c0) * scale - 1, (r1 - r0) * scale - 1] * 2, np.float32)
     out = UnitPrompts([], [], [])
-    boxes = [] if weak.boxes is None else list(_on_plane(np.asarray(weak.boxes, float), weak.box_planes, plane))
+    boxes = []
+    if weak.boxes is not None:
+        boxes += list(np.asarray(weak.boxes, float)[_plane_mask(weak.box_planes, plane, len(weak.boxes))])
     if weak.masks is not None:
         for mask in weak.masks:
             mask = mask[plane] if is_stack else mask
@@ -138,10 +151,6 @@ def weak_prompts(weak: WeakLabels, plane: int, is_stack: bool, tile: np.ndarray,
 
 def _plane_mask(planes: np.ndarray | None, plane: int, n: int) -> np.ndarray:
     return np.full(n, plane == 0) if planes is None else np.asarray(planes) == plane
-
-
-def _on_plane(values: np.ndarray, planes: np.ndarray | None, plane: int) -> np.ndarray:
-    return values[_plane_mask(planes, plane, len(values))]
 
 
 def _weak_planes(weak: WeakLabels, volume: Volume) -> set[int]:
@@ -181,15 +190,19 @@ def strong_view(pixels: torch.Tensor, rng: np.random.Generator, strength: float 
     return ((x + noise.to(x.device)).clamp(0, 1) * 255).to(pixels.dtype)
 
 
+def _resize(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 1, h, w)`` logits → ``(N, 1, size, size)`` float32 (the loss resolution)."""
+    return F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+
+
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = int(np.ceil(3 * sigma))
+    """Separable Gaussian blur of ``(B, C, h, w)`` (edges replicated, so any tile size works)."""
+    radius, channels = int(np.ceil(3 * sigma)), x.shape[1]
     kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).repeat(x.shape[1], 1, 1, 1)
-    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), kernel, groups=x.shape[1], padding=(0, radius - pad))
-    return F.conv2d(
-        F.pad(x, (0, 0, pad, pad), mode="reflect"), kernel.transpose(-1, -2), groups=x.shape[1], padding=(radius - pad, 0)
-    )
+    kernel = kernel / kernel.sum()
+    x = F.pad(x, (radius,) * 4, mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def contrastive_loss(
@@ -272,20 +285,20 @@ class WeakSelfTraining:
         picks = rng.choice(len(self.units), size=min(s.units_per_step, len(self.units)), replace=False)
         units = [self.units[i] for i in picks]
         strong = [replace(u, inputs=strong_view(u.inputs, rng, s.strength)) for u in units]
-        chosen = [rng.choice(len(self.prompts[i]), min(s.objects_per_unit, len(self.prompts[i])), False) for i in picks]
-        prompts = [self.prompts[i].take(c) for i, c in zip(picks, chosen)]
-        index = torch.as_tensor(np.repeat(np.arange(len(units)), [len(p) for p in prompts]), device=device)
-        coords, labels = pack_prompts(
-            *([e for p in prompts for e in getattr(p, name)] for name in ("points", "labels", "boxes")), device
-        )
+        chosen = [
+            rng.choice(len(self.prompts[i]), size=min(s.objects_per_unit, len(self.prompts[i])), replace=False)
+            for i in picks
+        ]
+        index = torch.as_tensor(np.repeat(np.arange(len(units)), [len(c) for c in chosen]), device=device)
+        prompts = UnitPrompts.concat([self.prompts[i].take(c) for i, c in zip(picks, chosen)])
+        coords, labels = pack_prompts(prompts.points, prompts.labels, prompts.boxes, device)
         valid = torch.from_numpy(np.stack([u.valid for u in units])).float()[:, None].to(device)
         valid = F.adaptive_avg_pool2d(valid, size)[index]
-        to_loss = lambda t: F.interpolate(t.float(), size=(size, size), mode="bilinear", align_corners=False)  # noqa: E731
         sam.eval()
         with torch.no_grad():
             teacher = unit_embeddings(self.model, units)[index]
             teacher_logits, _ = decode(sam, teacher, self.image_pe, coords, labels)
-            pseudo = (to_loss(teacher_logits[:, :1]) > 0).float()
+            pseudo = (_resize(teacher_logits[:, :1], size) > 0).float()
         sam.train()
         student = unit_embeddings(self.model, strong)[index]
         # The single-mask output for every prompt, as the reference does: boxes and point sets are unambiguous.
@@ -295,7 +308,7 @@ class WeakSelfTraining:
         parts = {key: float(out[key]) for key in ("focal", "dice", "iou_mse")}
         if s.anchor:
             anchor = torch.cat([self._anchor(i)[c] for i, c in zip(picks, chosen)]).float()[:, None].to(device)
-            anchor_loss = dice_loss(to_loss(logits[:, :1]), anchor, valid).mean()
+            anchor_loss = dice_loss(_resize(logits[:, :1], size), anchor, valid).mean()
             total = total + s.anchor_weight * anchor_loss
             parts["anchor"] = float(anchor_loss.detach())
         if s.contrastive:
@@ -319,8 +332,7 @@ class WeakSelfTraining:
                 part = prompts.take(np.arange(start, min(start + _DECODE_CHUNK, len(prompts))))
                 coords, labels = pack_prompts(part.points, part.labels, part.boxes, anchor.device)
                 logits, _ = decode(anchor.sam, embedding, pe, coords, labels)
-                logits = F.interpolate(logits[:, :1].float(), size=(size, size), mode="bilinear", align_corners=False)
-                masks.append((logits[:, 0] > 0).cpu())
+                masks.append((_resize(logits[:, :1], size)[:, 0] > 0).cpu())
             self._anchor_masks[index] = torch.cat(masks)
         return self._anchor_masks[index]
 
@@ -333,4 +345,6 @@ class WeakSelfTraining:
 
     def validate(self) -> float:
         """Mean IoU from each validation object's tight box (true labels)."""
-        return float(np.mean(box_ious(self.model, self.val_units, self.val_objects, self.settings.max_validation_objects)))
+        return float(
+            np.mean(box_ious(self.model, self.val_units, self.val_objects, self.settings.max_validation_objects))
+        )
