@@ -40,6 +40,7 @@ class BLOSettings:
     """Prompt tokens, what the lower level trains, learning rates of both levels, the data split and the loss.
 
     split_fraction: share of the training items (or, with one item, of its tiles) given to the upper level.
+    split_seed: seeds that split and the prompts' starting values.
     second_order: DARTS-style finite-difference hypergradient for the prompts (three extra decoder passes per step)
     instead of the first-order one; ``fd_epsilon`` is its step relative to the gradient norm and ``xi`` the virtual
     lower-level learning rate (None: ``lr``). single_level: train prompts and weights together on all training
@@ -134,11 +135,9 @@ class BLOPromptLearning:
             model, data, data.train, with_embeddings=frozen, keep_empty=keep_empty, cache_root=cache_root
         )
         self.lower_units, self.upper_units = self._split(units)
-        self.train_units = units
         self._targets = {id(u): self._target(u) for u in units}
         self._lower_cycle = _Cycle(len(self.lower_units))
         self._upper_cycle = _Cycle(len(self.upper_units))
-        self._joint_cycle = _Cycle(len(units))
         with torch.no_grad():
             self.image_pe = dense_positional_encoding(model.sam)
             prompts = self._initial_prompts()
@@ -191,14 +190,14 @@ class BLOPromptLearning:
 
     def prompts(self) -> torch.Tensor:
         """The learned prompts ``(K, T, C)`` (differentiable)."""
-        return self.prompt_param * self._prompt_scale if self.settings.single_level else self.prompt_param
+        return self.prompt_param * self._prompt_scale
 
     def levels(self) -> list[Level]:
         s = self.settings
         if s.single_level:
-            return [Level("joint", [*self.weights, self.prompt_param], self._joint_backward, s.lr, s.weight_decay)]
+            return [Level("joint", [*self.weights, self.prompt_param], self._weights_backward, s.lr, s.weight_decay)]
         return [
-            Level("lower", self.weights, self._lower_backward, s.lr, s.weight_decay),
+            Level("lower", self.weights, self._weights_backward, s.lr, s.weight_decay),
             # No weight decay on the prompts: zero is not a meaningful prompt to shrink towards.
             Level("upper", [self.prompt_param], self._upper_backward, s.prompt_lr),
         ]
@@ -206,18 +205,12 @@ class BLOPromptLearning:
     def _batch(self, pool: list[Unit], cycle: _Cycle, rng: np.random.Generator) -> list[Unit]:
         return [pool[i] for i in cycle.take(self.settings.units_per_step, rng)]
 
-    def _lower_backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
+    def _weights_backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
+        """The lower level (prompts fixed), or the joint level of ``single_level`` (prompts trained too)."""
         units = self._batch(self.lower_units, self._lower_cycle, rng)
+        prompts = self.prompts() if self.settings.single_level else self.prompts().detach()
         self.model.sam.train()
-        loss, parts = self._loss(units, self.prompts().detach())
-        loss.backward()
-        self.model.sam.eval()
-        return {**parts, "loss": float(loss.detach())}
-
-    def _joint_backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
-        units = self._batch(self.train_units, self._joint_cycle, rng)
-        self.model.sam.train()
-        loss, parts = self._loss(units, self.prompts())
+        loss, parts = self._loss(units, prompts)
         loss.backward()
         self.model.sam.eval()
         return {**parts, "loss": float(loss.detach())}
@@ -302,6 +295,7 @@ class BLOPromptLearning:
         return total, {name: float(main.detach()), "dice": float(dice.detach())}
 
     def _frozen_embeddings(self, cache_root: str | Path | bool | None) -> list[PlaneEmbedding]:
+        """The validation planes' embeddings, read from (or written to) the embedding cache."""
         stores: dict[int, EmbeddingStore] = {}
         out = []
         for item in self.data.validation:
