@@ -4,8 +4,7 @@ The widget only translates: ``services.layers`` reads the prompt layers and writ
 does the segmenting, and model loading and encoding run as a job (``workers.run_job``).
 """
 
-# No ``from __future__ import annotations`` here: napari injects the viewer only when the ``__init__`` annotation is
-# the real ``Viewer`` class (or the exact string "napari.viewer.Viewer"), and postponed annotations are plain strings.
+# No ``from __future__ import annotations``: napari injects the viewer only for a real ``Viewer`` annotation.
 
 from collections.abc import Callable, Generator
 from functools import partial
@@ -13,7 +12,6 @@ from functools import partial
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Image, Labels, Layer, Points, Shapes
-from napari.utils.events import EventEmitter
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from superqt.utils import qthrottled
@@ -25,6 +23,7 @@ from ..core.predictor import PromptError
 from ..core.segmenter import Segmenter
 from ..services import layers
 from ..services.layers import LayerError
+from .connections import Connections
 from .workers import run_job
 
 CHECKPOINT_FILE = "checkpoint file…"
@@ -101,12 +100,14 @@ class PromptWidget(Container):
         self._model_for: ModelRequest | None = None
         self._segmenter: Segmenter | None = None
         self._segmenter_for: tuple | None = None
-        self._worker = None
-        self._then: Callable[[], None] | None = None  # what to do once the running job has finished
+        self._worker = None  # the running job's worker (None when synchronous)
+        self._busy = False
+        # Segmenting asked for while a job ran: None nothing, False a preview, True a commit (never downgraded).
+        self._pending: bool | None = None
         self._preview_soon = qthrottled(self._run, timeout=150, leading=False)
-        self._connections: list[tuple[EventEmitter, Callable]] = []
-        self._key_bindings: list[tuple[Layer, str]] = []
-        self.native.destroyed.connect(self._disconnect)
+        self._connections = Connections()
+        self.native.destroyed.connect(self._connections.close)
+        self.native.destroyed.connect(self._preview_soon.cancel)
 
         self._image.changed.connect(self._on_image)
         self._model_name.changed.connect(self._on_model)
@@ -115,7 +116,7 @@ class PromptWidget(Container):
         self._segment.clicked.connect(lambda: self._run())
         self._commit.clicked.connect(lambda: self._run(commit=True))
         self._clear.clicked.connect(self._on_clear)
-        self._listen(viewer.dims.events.current_step, self._on_prompts)
+        self._connections.listen(viewer.dims.events.current_step, self._on_prompts)
         self._on_image()
 
     def set_model(self, model: SamModel) -> None:
@@ -123,25 +124,6 @@ class PromptWidget(Container):
         self._model, self._model_for = model, self._model_request()
         self._segmenter = None
         self._show_state()
-
-    def _listen(self, emitter: EventEmitter, callback: Callable) -> None:
-        """Connect ``callback`` to a viewer or layer event for as long as this widget lives (once only)."""
-        if (emitter, callback) not in self._connections:
-            emitter.connect(callback)
-            self._connections.append((emitter, callback))
-
-    def _bind_key(self, layer: Layer, key: str, callback: Callable) -> None:
-        layer.bind_key(key, callback, overwrite=True)
-        if (layer, key) not in self._key_bindings:
-            self._key_bindings.append((layer, key))
-
-    def _disconnect(self) -> None:
-        """Forget the viewer and its layers once the widget is gone: they may outlive it."""
-        self._preview_soon.cancel()
-        for emitter, callback in self._connections:
-            emitter.disconnect(callback)
-        for layer, key in self._key_bindings:
-            layer.bind_key(key, None)
 
     def _image_choices(self, _widget: ComboBox) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -173,10 +155,10 @@ class PromptWidget(Container):
         boxes = self._layer(BOXES, Shapes, layers.prompt_boxes, image)
         preview = self._layer(PREVIEW, Labels, partial(layers.labels_like, dtype=np.uint16, opacity=0.6), image)
         for layer in (points, boxes):
-            self._listen(layer.events.data, self._on_prompts)
-            self._bind_key(layer, "c", self._commit_key)
+            self._connections.listen(layer.events.data, self._on_prompts)
+            self._connections.bind_key(layer, "c", lambda _layer: self._run(commit=True))
         for key in ("t", "n"):
-            self._bind_key(points, key, self._toggle_polarity)
+            self._connections.bind_key(points, key, self._toggle_polarity)
         return points, boxes, preview
 
     def _on_image(self) -> None:
@@ -205,9 +187,6 @@ class PromptWidget(Container):
         layers.toggle_polarity(points)
         self._on_prompts()
 
-    def _commit_key(self, _layer: Layer) -> None:
-        self._run(commit=True)
-
     def _on_clear(self) -> None:
         if (image := self._image.value) is not None:
             points, boxes, preview = self._prompt_layers(image)
@@ -216,7 +195,7 @@ class PromptWidget(Container):
 
     def _on_encode(self) -> None:
         if self._worker is not None:  # the button reads "Cancel" while a job runs
-            self._then = None
+            self._pending = None
             self._worker.quit()
         elif (image := self._image.value) is None:
             show_error(NO_IMAGE)
@@ -233,8 +212,10 @@ class PromptWidget(Container):
             plane = layers.current_plane(image, self._viewer.dims.point)
             prompts = layers.read_prompts(points, boxes, plane)
             segmenter = self._current_segmenter(image)
-            if prompts and (segmenter is None or not segmenter.is_encoded(plane or 0)):
-                self._start_job(image, [plane or 0], then=partial(self._run, commit))
+            # One thing at a time (a job may be writing the embedding store): segment once it has ended.
+            if self._busy or (prompts and (segmenter is None or not segmenter.is_encoded(plane or 0))):
+                self._pending = commit or bool(self._pending)
+                self._start_job(image, [plane or 0])
                 return
             masks = segmenter.segment(prompts, plane or 0).masks if prompts else None
             if not commit:
@@ -250,11 +231,11 @@ class PromptWidget(Container):
         except USER_ERRORS as error:
             show_error(str(error))
 
-    def _start_job(self, image: Image, planes: list[int] | None, then: Callable[[], None] | None = None) -> None:
-        """Load the model, set the image and encode ``planes`` in a worker, then call ``then``."""
-        self._then = then
-        if self._worker is not None:  # one job at a time: ``then`` runs when the current one ends
+    def _start_job(self, image: Image, planes: list[int] | None) -> None:
+        """Load the model, set the image and encode ``planes`` in a worker; then segment, if that is pending."""
+        if self._busy:  # a sync job can re-enter here too, when a progress update runs Qt events
             return
+        self._busy = True
         request = self._model_request()
         model = self._model if self._model_for == request else None
         job = partial(prepare_segmenter, model, request, self._current_segmenter(image), image.data, image.rgb, planes)
@@ -276,22 +257,22 @@ class PromptWidget(Container):
         self._model, self._model_for = segmenter.model, key[0]
 
     def _job_failed(self, error: Exception) -> None:
-        self._then = None
+        self._pending = None
         if not isinstance(error, USER_ERRORS):
             raise error  # a bug: let napari show the traceback
         show_error(str(error))
 
     def _job_finished(self) -> None:
-        self._worker = None
+        self._worker, self._busy = None, False
         self._encode.text = "Encode"
         self._show_state()
-        then, self._then = self._then, None
-        if then is not None:
-            then()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._run(commit=pending)
 
     def _show_state(self) -> None:
         """Say whether the current slice's embeddings are ready (cached) or still to compute."""
-        if self._worker is not None:
+        if self._busy:
             return
         image = self._image.value
         segmenter = self._current_segmenter(image) if image is not None else None

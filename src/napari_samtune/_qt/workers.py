@@ -1,8 +1,9 @@
 """Running core generators (encoding, training…) off the GUI thread, with a napari progress bar.
 
-A job is a zero-argument callable returning a generator that yields progress dicts and returns a result. The
-callbacks always run on the main thread, so they may touch layers. With ``SAMTUNE_SYNC_WORKERS=1`` the same job runs
-synchronously, callbacks included, which lets tests drive a widget without waiting on threads.
+A job is a generator function taking no arguments (bind them with ``functools.partial``) that yields progress dicts
+and returns a result. The callbacks always run on the main thread, so they may touch layers. With
+``SAMTUNE_SYNC_WORKERS=1`` the same job runs synchronously, callbacks included, which lets tests drive a widget
+without waiting on threads.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def run_job(
             on_returned(stop.value)
         except Exception as error:
             on_error(error)
-        finish()
+        finally:
+            finish()
         return None
-    worker = create_worker(job, _start_thread=False, _worker_class=GeneratorWorker)
+    # _ignore_errors: on_error handles them; otherwise napari would also re-raise each one in the main thread.
+    worker = create_worker(job, _start_thread=False, _worker_class=GeneratorWorker, _ignore_errors=True)
     worker.yielded.connect(show)
     worker.returned.connect(on_returned)
     worker.errored.connect(on_error)

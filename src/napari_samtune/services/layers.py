@@ -107,7 +107,10 @@ def check_fits(layer: Layer, kind: type[Layer], image: Image) -> None:
 
 
 def toggle_polarity(points: Points) -> None:
-    """Flip positive/negative for the selected points, or for the next point added when none is selected."""
+    """Flip positive/negative for the selected points, or for the next point added when none is selected.
+
+    (napari makes the next point copy the selection's features, so after flipping a selection it follows suit.)
+    """
     flip = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE}
     selected = sorted(points.selected_data)
     if selected:

@@ -1,0 +1,52 @@
+"""The npe2 manifest: it validates, and every widget and sample it lists opens in a viewer."""
+
+from __future__ import annotations
+
+from importlib import import_module, resources
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+from npe2 import PluginManifest
+
+MANIFEST = PluginManifest.from_file(str(resources.files("napari_samtune") / "napari.yaml"))
+WIDGETS = {w.display_name: w.command for w in MANIFEST.contributions.widgets}
+
+
+def command_target(command_id: str):
+    """The Python object a manifest command points at."""
+    command = next(c for c in MANIFEST.contributions.commands if c.id == command_id)
+    module, name = command.python_name.split(":")
+    return getattr(import_module(module), name)
+
+
+def test_manifest_imports_resolve():
+    assert MANIFEST.name == "napari-samtune"
+    MANIFEST.validate_imports()
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_every_widget_opens(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-samtune", name)
+    assert isinstance(widget, command_target(WIDGETS[name]))
+    assert dock.name.startswith(name)
+
+
+def test_every_sample_loads_an_image_and_its_labels(make_napari_viewer):
+    viewer = make_napari_viewer()  # one viewer for all samples: a viewer costs seconds
+    for sample in MANIFEST.contributions.sample_data:
+        viewer.layers.clear()
+        viewer.open_sample("napari-samtune", sample.key)
+        image, labels = viewer.layers
+        assert isinstance(image, Image) and isinstance(labels, Labels), sample.key
+        spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+        assert labels.data.shape == spatial, sample.key
+        assert image.data.dtype == np.uint8 and labels.data.max() >= 1, sample.key
+
+
+def test_samples_are_fixed():
+    from napari_samtune import _sample_data
+
+    first, again = _sample_data.nuclei(), _sample_data.nuclei()
+    assert np.array_equal(first[0][0], again[0][0]) and np.array_equal(first[1][0], again[1][0])

@@ -1,0 +1,153 @@
+"""End to end through the prompt widget: prompts → segment → commit, undo, stacks and error reporting."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Labels
+
+from napari_samtune._qt.prompt_widget import CHECKPOINT_FILE
+from napari_samtune.core.models import save_model
+from napari_samtune.core.predictor import ObjectPrompt
+from napari_samtune.core.segmenter import Segmenter, masks_to_labels
+from tests.core.conftest import TINY, make_model
+
+from .conftest import open_prompt_widget
+
+
+def core_masks(model, image, rgb: bool, prompts: list[ObjectPrompt], plane: int = 0) -> np.ndarray:
+    """What the core alone predicts for ``prompts``: ``(N, H, W)`` bool."""
+    segmenter = Segmenter(model, cache_root=False)
+    segmenter.set_image(image, rgb=rgb)
+    return segmenter.segment(prompts, plane).masks
+
+
+def test_points_then_box_commit_as_new_labels_and_undo(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "nuclei")
+    model = make_model()
+    widget = open_prompt_widget(viewer, model)
+    image, points, boxes = viewer.layers["nuclei"], viewer.layers["prompts"], viewer.layers["boxes"]
+
+    points.add([[60.0, 60.0]])
+    widget.segment.native.click()
+    first = core_masks(model, image.data, True, [ObjectPrompt(points=np.array([[60.0, 60.0]]), labels=np.ones(1))])
+    assert first[0].any()
+    np.testing.assert_array_equal(viewer.layers["preview"].data, first[0].astype(np.uint16))
+
+    widget.commit.native.click()
+    labels = viewer.layers["segmentation"]
+    after_first = masks_to_labels(first)
+    np.testing.assert_array_equal(labels.data, after_first)
+    assert len(points.data) == 0 and not viewer.layers["preview"].data.any()
+
+    box = np.array([100.0, 90.0, 180.0, 200.0])
+    boxes.add_rectangles(np.array([[100.0, 90.0], [180.0, 200.0]]))
+    widget.commit.native.click()
+    second = core_masks(model, image.data, True, [ObjectPrompt(box=box)])
+    np.testing.assert_array_equal(labels.data, masks_to_labels(second, after_first, start=2))
+    assert boxes.nshapes == 0
+
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, after_first)
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_negative_points_and_box_grouping_reach_the_core(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "em_membranes")
+    model = make_model(seed=1)
+    widget = open_prompt_widget(viewer, model)
+    points, boxes = viewer.layers["prompts"], viewer.layers["boxes"]
+    boxes.add_rectangles(np.array([[20.0, 20.0], [120.0, 120.0]]))
+    points.add([[50.0, 50.0]])
+    points.feature_defaults = {"label": "negative"}
+    points.add([[60.0, 70.0]])
+    widget.segment.native.click()
+    expected = core_masks(
+        model,
+        viewer.layers["em membranes"].data,
+        True,
+        [
+            ObjectPrompt(
+                points=np.array([[50.0, 50.0], [60.0, 70.0]]), labels=np.array([1.0, 0.0]), box=[20, 20, 120, 120]
+            )
+        ],
+    )
+    np.testing.assert_array_equal(viewer.layers["preview"].data > 0, expected[0])
+
+
+def test_stack_segments_only_the_current_slice(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "nuclei_stack")
+    model = make_model()
+    widget = open_prompt_widget(viewer, model)
+    stack = viewer.layers["nuclei stack"].data
+    viewer.dims.current_step = (3, 0, 0)
+    viewer.layers["prompts"].add([[3.0, 128.0, 128.0], [5.0, 40.0, 40.0]])  # the plane-5 point is not on view
+    widget.commit.native.click()
+
+    expected = core_masks(model, stack, False, [ObjectPrompt(points=np.array([[128.0, 128.0]]))], plane=3)
+    labels = viewer.layers["segmentation"].data
+    assert labels.shape == stack.shape and expected[0].any()
+    np.testing.assert_array_equal(labels[3], expected[0].astype(np.int32))
+    assert not np.delete(labels, 3, axis=0).any()
+    assert widget.embeddings.value == "slice 3: cached"
+
+
+def test_live_preview_follows_the_points_with_a_real_worker_thread(make_napari_viewer, qtbot, monkeypatch):
+    monkeypatch.delenv("SAMTUNE_SYNC_WORKERS")
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "polyp")
+    widget = open_prompt_widget(viewer)
+    assert widget.live_preview.value
+    preview = viewer.layers["preview"]
+    viewer.layers["prompts"].add([[128.0, 128.0]])
+    qtbot.waitUntil(lambda: preview.data.any(), timeout=10_000)  # throttle, encoding thread, then the preview
+    assert widget.embeddings.value == "cached" and widget.encode.text == "Encode"
+    widget.clear_prompts.native.click()
+    assert len(viewer.layers["prompts"].data) == 0 and not preview.data.any()
+
+    points = viewer.layers["prompts"]
+    viewer.window.remove_dock_widget(widget.native)
+    widget.native.deleteLater()
+    qtbot.wait(50)
+    assert len(points.keymap) == 0
+    points.add([[10.0, 10.0]])  # the layers outlive the widget: nothing may fire into it
+    qtbot.wait(300)
+
+
+def test_encode_shows_the_cache_state_and_loads_a_checkpoint(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "nuclei")
+    checkpoint = tmp_path / "tiny.pt"
+    save_model(make_model().sam, TINY, checkpoint)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samtune", "Segment with prompts")
+    widget.model.value = CHECKPOINT_FILE
+    widget.checkpoint.value = checkpoint
+    assert widget.embeddings.value == "not computed yet"
+    widget.encode.native.click()
+    assert widget.embeddings.value == "cached"
+    assert widget.encode.text == "Encode"
+
+
+def test_errors_are_notifications_not_exceptions(make_napari_viewer, errors, tmp_path):
+    viewer = make_napari_viewer()
+    widget = open_prompt_widget(viewer)
+    widget.segment.native.click()
+    assert "no image to segment" in errors[-1]
+
+    viewer.open_sample("napari-samtune", "nuclei")
+    viewer.layers["prompts"].add([[-30.0, 500.0]])
+    widget.segment.native.click()
+    assert "outside the image" in errors[-1]
+
+    viewer.layers["prompts"].data = [[50.0, 50.0]]
+    viewer.add_layer(Labels(np.zeros((10, 10), np.int32), name="segmentation"))
+    widget.commit.native.click()
+    assert "'segmentation'" in errors[-1] and "(10, 10)" in errors[-1]
+
+    widget.model.value = CHECKPOINT_FILE
+    widget.checkpoint.value = tmp_path / "missing.pt"
+    widget.encode.native.click()
+    assert "missing.pt does not exist" in errors[-1]
