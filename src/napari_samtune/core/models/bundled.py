@@ -28,5 +28,7 @@ def bundled_model_path() -> Path:
 
 def bundled_sha256() -> str:
     """The sha256 the bundled weights must have (recorded when they were exported)."""
-    info = json.loads((_models_folder() / _CHECKSUM).read_text())
-    return info["sha256"]
+    path = _models_folder() / _CHECKSUM
+    if not path.is_file():
+        raise ModelError(f"the checksum file {path} of the bundled model is missing: reinstall napari-samtune")
+    return json.loads(path.read_text())["sha256"]
