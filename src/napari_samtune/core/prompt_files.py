@@ -84,6 +84,8 @@ def parse_records(
         if not name:
             raise PromptError(f"{at}: 'object' is empty; give every row the id or name of its object")
         kind = _text(record.get("kind")).lower()
+        if kind not in ("point", "box"):
+            raise PromptError(f"{at}: 'kind' must be 'point' or 'box', got {record.get('kind')!r}")
         plane = _number(record, "plane", at, default=0.0)
         if plane != int(plane) or plane < 0:
             raise PromptError(f"{at}: 'plane' must be a whole number ≥ 0, got {record.get('plane')!r}")
@@ -98,7 +100,7 @@ def parse_records(
                 )
             group["points"].append(corner)
             group["labels"].append(label)
-        elif kind == "box":
+        else:
             if _text(record.get("label")) not in ("", "1", "positive"):
                 raise PromptError(f"{at}: a box is always positive; leave 'label' empty or 1")
             if group["box"] is not None:
@@ -111,8 +113,6 @@ def parse_records(
                     f"{at}: box corner (row1, col1) = {far} must not be above or left of (row, col) = {corner}"
                 )
             group["box"] = np.array([*corner, *far])
-        else:
-            raise PromptError(f"{at}: 'kind' must be 'point' or 'box', got {record.get('kind')!r}")
     prompts = []
     for (name, plane), group in groups.items():
         lines = group["lines"]
@@ -141,7 +141,7 @@ def check_fits(prompts: list[FilePrompt], n_planes: int, plane_shape: tuple[int,
         outside = (points < 0).any(1) | (points[:, 0] > h - 1) | (points[:, 1] > w - 1)
         if outside.any():
             raise PromptError(
-                f"{p.origin}: object {p.name!r} has point {tuple(points[outside][0])} (row, col) outside the "
+                f"{p.origin}: object {p.name!r} has point {tuple(points[outside][0].tolist())} (row, col) outside the "
                 f"image plane of shape {(h, w)}"
             )
 
