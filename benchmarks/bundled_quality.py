@@ -23,13 +23,12 @@ from skimage.draw import ellipse
 from skimage.filters import threshold_otsu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, click_row_col, data_folder, exact_box, iou, set_threads, target  # noqa: E402
-
-from napari_samtune.core.datasets import load_pairs  # noqa: E402
-from napari_samtune.core.models.registry import load_model  # noqa: E402
-from napari_samtune.core.predictor import ObjectPrompt  # noqa: E402
-from napari_samtune.core.segmenter import Segmenter  # noqa: E402
-from napari_samtune.core.synthetic import make_scenes  # noqa: E402
+from _common import add_common_arguments, click_row_col, data_folder, exact_box, iou, set_threads, target
+from napari_samtune.core.datasets import load_pairs
+from napari_samtune.core.models.registry import load_model
+from napari_samtune.core.predictor import ObjectPrompt
+from napari_samtune.core.segmenter import Segmenter
+from napari_samtune.core.synthetic import make_scenes
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -96,9 +95,11 @@ def main() -> None:
     limit = (20, 30, 20) if args.quick else (args.limit, args.limit, args.limit or 60)
     segmenter = Segmenter(model, cache_root=False)
     t0 = time.perf_counter()
+    nuclei = load_pairs(data_folder("dsb2018_fluo_nuclei"), limit=limit[0])
+    polyps = load_pairs(data_folder("kvasir_seg_polyps_256"), limit=limit[1])
     sets = {
-        "nuclei": ([(p.image, p.labels) for p in load_pairs(data_folder("dsb2018_fluo_nuclei"), limit=limit[0])], True, 5),
-        "polyps": ([(p.image, p.labels) for p in load_pairs(data_folder("kvasir_seg_polyps_256"), limit=limit[1])], False, 100),
+        "nuclei": ([(p.image, p.labels) for p in nuclei], True, 5),
+        "polyps": ([(p.image, p.labels) for p in polyps], False, 100),
         "synthetic": ([(s.image, s.labels) for s in make_scenes(limit[2], seed=777_777)], True, 20),
     }
     results = {}
@@ -108,8 +109,10 @@ def main() -> None:
         s = evaluate_set(segmenter, pairs, instances, min_area)
         means = {k: float(np.mean(v)) for k, v in s.items()}
         results[name] = {"objects": len(s["click"]), **means}
-        print(f"{name:<10} {len(s['click']):>8} {means['click']:>7.3f} {means['otsu']:>7.3f} {means['box']:>7.3f} "
-              f"{means['ellipse']:>8.3f}")
+        print(
+            f"{name:<10} {len(s['click']):>8} {means['click']:>7.3f} {means['otsu']:>7.3f} {means['box']:>7.3f} "
+            f"{means['ellipse']:>8.3f}"
+        )
     print(f"evaluated in {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"model": model.name, "metadata": model.metadata, **results}, indent=2))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import target  # noqa: E402
+from _common import target
 
 PEER = {"frozen": (29.8, 13.6), "lora": (42.1, 18.1)}
 
@@ -107,8 +107,10 @@ def main() -> None:
     print(f"{'mode':<8} {'ours s/step':>12} {'peer s/step':>12} {'speed-up':>9} {'ours GB':>8} {'peer GB':>8}")
     for mode, r in results.items():
         peer_s, peer_gb = PEER[mode]
-        print(f"{mode:<8} {r['s_per_step']:>12.3f} {peer_s:>12.1f} {peer_s / r['s_per_step']:>9.1f} "
-              f"{r['peak_rss_gb']:>8.2f} {peer_gb:>8.1f}")
+        print(
+            f"{mode:<8} {r['s_per_step']:>12.3f} {peer_s:>12.1f} {peer_s / r['s_per_step']:>9.1f} "
+            f"{r['peak_rss_gb']:>8.2f} {peer_gb:>8.1f}"
+        )
     print(target("frozen_speedup_vs_microsam", PEER["frozen"][0] / results["frozen"]["s_per_step"], ">=", 20))
     print(target("frozen_peak_rss_gb", results["frozen"]["peak_rss_gb"], "<=", 3))
     print(target("lora_speedup_vs_microsam", PEER["lora"][0] / results["lora"]["s_per_step"], ">=", 3))

@@ -32,9 +32,7 @@ def export(run_dir: Path) -> None:
     sam.load_state_dict(ckpt["model"])
     state = ckpt["state"]
     out = PACKAGE_MODELS / "samtune_small.pt"
-    sha = save_model(
-        sam, arch, out, half=True, steps=state["step"], cpu_seconds=state["cpu_s"], recipe="pretrain"
-    )
+    sha = save_model(sam, arch, out, half=True, steps=state["step"], cpu_seconds=state["cpu_s"], recipe="pretrain")
     (PACKAGE_MODELS / "samtune_small.json").write_text(
         json.dumps({"sha256": sha, "steps": state["step"], "cpu_seconds": state["cpu_s"]}, indent=2) + "\n"
     )
@@ -42,9 +40,7 @@ def export(run_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/pretrain"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--total-steps", type=int, default=PretrainConfig.total_steps)
