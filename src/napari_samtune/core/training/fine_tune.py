@@ -20,6 +20,7 @@ from .lora import state_hash
 from .sum import SUMSettings, UncertaintyAwareFineTuning
 from .wesam import WeakSelfTraining, WeSAMSettings
 
+AUTO = "auto"  # not a loop method: ``fine_tune(method=AUTO)`` chooses one and its configuration within a budget
 # name → (settings class, method class). Each method module registers itself here.
 METHODS: dict[str, tuple[type, type]] = {
     "interactive": (InteractiveSettings, InteractiveFineTuning),
@@ -53,15 +54,49 @@ def fine_tune(
     """Fine-tune a copy of ``model``; yields progress events and returns a ``FineTuneResult``.
 
     settings: the method's settings object (default settings when None); config: loop settings.
+    ``method="auto"`` searches the configuration itself within ``config.time_budget_s`` (required; ``settings``: an
+    ``auto.AutoSettings`` or None); see ``auto.search.auto_fine_tune``.
     """
+    if method == AUTO:
+        from .auto.search import auto_fine_tune
+
+        if config is None or config.time_budget_s is None:
+            raise ValueError("method 'auto' needs a time budget: pass config=TrainConfig(time_budget_s=SECONDS)")
+        return (
+            yield from auto_fine_tune(
+                model,
+                data,
+                config.time_budget_s,
+                settings=settings,
+                seed=config.seed,
+                should_stop=should_stop,
+                cache_root=cache_root,
+            )
+        )
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)} or {AUTO!r}")
     settings_cls, method_cls = METHODS[method]
     settings = settings if settings is not None else settings_cls()
     config = config or TrainConfig()
     work = model.copy()
     runner = method_cls(work, data, settings, cache_root=cache_root)
     training = yield from run_training(runner, config, should_stop, device=work.device)
+    return package_result(model, work, runner, data, method, settings, config, training)
+
+
+def package_result(
+    model: SamModel,
+    work: SamModel,
+    runner: object,
+    data: TrainingData,
+    method: str,
+    settings: object,
+    config: TrainConfig,
+    training: TrainResult,
+    metrics: dict | None = None,
+) -> FineTuneResult:
+    """The ``FineTuneResult`` of ``runner`` (which trained ``work``, a copy of ``model``): names the new encoder
+    weights, attaches learned prompts and writes the adapter. ``metrics`` are added to the adapter's."""
     parts = runner.adapter_parts()
     if parts["lora"] is not None:
         work.encoder_id = f"{model.encoder_id}+lora:{state_hash(parts['lora']['state'])}"
@@ -79,7 +114,12 @@ def fine_tune(
         task=data.task,
         classes=list(data.classes),
         data_summary=data.summary(),
-        metrics={"best_validation": training.best_validation, "steps": training.steps, "stopped": training.stopped},
+        metrics={
+            "best_validation": training.best_validation,
+            "steps": training.steps,
+            "stopped": training.stopped,
+            **(metrics or {}),
+        },
         **parts,
     )
     return FineTuneResult(work, adapter, training)

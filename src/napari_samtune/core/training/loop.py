@@ -51,6 +51,9 @@ class TrainConfig:
         return asdict(self)
 
     def lr_factor(self, step: int) -> float:
+        if self.schedule == "onecycle":
+            # One cycle ramps up by itself (its first 20 %); after a linear warm-up it would drop back to a quarter.
+            return self.min_lr_ratio + (1 - self.min_lr_ratio) * SCHEDULES["onecycle"](min(1.0, step / self.steps))
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
