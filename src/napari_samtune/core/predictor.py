@@ -101,10 +101,12 @@ class Predictor:
         prompts: Sequence[ObjectPrompt],
         *,
         multimask: bool | None = None,
+        output: int | None = None,
         return_logits: bool = False,
     ) -> Prediction:
         """Segment one object per prompt. ``multimask=None`` uses SAM's three candidate masks (best predicted IoU)
-        for a lone positive click, where one click is ambiguous, and the single-mask output otherwise."""
+        for a lone positive click, where one click is ambiguous, and the single-mask output otherwise.
+        ``output`` forces one mask token for every object (0: single-mask output, 1–3: the candidates)."""
         if len(prompts) == 0:
             raise PromptError("no prompts given: add at least one point or box")
         h, w = embedding.plane_shape
@@ -139,7 +141,11 @@ class Predictor:
                 out, iou = decode(self.model.sam, feats, self.image_pe, coords, labels, mask_in)
             else:
                 out, iou = decode_prepared(self.model.sam, self._prepared_tile(embedding, t), coords, labels)
-            choice = _choose_outputs(objects, iou, multimask)
+            choice = (
+                _choose_outputs(objects, iou, multimask)
+                if output is None
+                else torch.full_like(iou[:, 0], output).long()
+            )
             rows = torch.arange(len(members))
             best = out[rows, choice][:, None].float().cpu()
             low_res[members] = best
@@ -248,7 +254,11 @@ def _choose_tile(prompt: ObjectPrompt, tiles: np.ndarray) -> int:
     return int(np.argmax(margin))
 
 
-def _choose_outputs(objects: list[ObjectPrompt], iou: torch.Tensor, multimask: bool | None) -> torch.Tensor:
+def _choose_outputs(
+    objects: list[ObjectPrompt], iou: torch.Tensor, multimask: bool | None, output: int | None = None
+) -> torch.Tensor:
+    if output is not None:
+        return torch.full((len(objects),), output, dtype=torch.long, device=iou.device)
     if multimask is False:
         return torch.zeros(len(objects), dtype=torch.long)
     best_multi = iou[:, 1:].argmax(1) + 1
