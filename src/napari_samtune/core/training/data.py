@@ -142,14 +142,17 @@ def _check_labels(labels: np.ndarray, volume: Volume, name: str) -> np.ndarray:
 
 
 def _infer_task(items: list[Item]) -> str:
-    """A binary mask is one class; few values that each form several pieces are classes; the rest instances."""
-    lab = items[0].labels
-    ids = np.unique(lab[lab > 0])
+    """A binary mask is one class; few values that each form several pieces are classes; the rest instances.
+
+    Up to 8 labeled planes are looked at, not only the first: it may hold a single object of an instance data set.
+    """
+    sample = items[:8]
+    ids = np.unique(np.concatenate([np.unique(it.labels[it.labels > 0]) for it in sample]))
     if len(ids) == 1:
         return "semantic"
     if len(ids) > 16:
         return "instances"
-    split = sum(ndimage.label(lab == v)[1] > 1 for v in ids)
+    split = sum(any(ndimage.label(it.labels == v)[1] > 1 for it in sample) for v in ids)
     return "semantic" if split > len(ids) / 2 else "instances"
 
 

@@ -178,7 +178,7 @@ def run_training(
                 _restore(params, best_state)
                 raise TrainingError(
                     f"training diverged: the loss or its gradients were NaN/inf {bad_in_a_row} times in a row even "
-                    f"after lowering the learning rate {2**bad_in_a_row}x. The model was restored to its last good "
+                    f"with the learning rate lowered {0.5 / lr_scale:g}x. The model was restored to its last good "
                     "weights. Check the images and labels for NaNs, or lower the learning rate."
                 )
         else:
