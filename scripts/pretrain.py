@@ -2,6 +2,7 @@
 
     python scripts/pretrain.py --run-dir runs/pretrain            # train/resume until the schedule or budget ends
     python scripts/pretrain.py --run-dir runs/pretrain --export   # write src/napari_samtune/models/samtune_small.pt
+    python scripts/pretrain.py --run-dir runs/pretrain --curve    # the learning curve (markdown) from log.jsonl
 
 The run resumes exactly from runs/pretrain/checkpoint.pt (see napari_samtune.core.pretraining). The budget counts
 the training process's CPU time: 3 hours on 2 cores = 21,600 CPU-seconds, whatever the number of threads.
@@ -39,6 +40,22 @@ def export(run_dir: Path) -> None:
     print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha}) after {state['step']} steps")
 
 
+def learning_curve(run_dir: Path) -> str:
+    """Markdown table of the held-out synthetic quality logged at each checkpoint, against training CPU time."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("event") == "checkpoint"]
+    lines = [
+        "| step | CPU-minutes | budget minutes (CPU ÷ 2 cores) | synthetic click mIoU | synthetic box mIoU |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['cpu_s'] / 60:.0f} | {r['cpu_s'] / 120:.0f} | {r['synthetic_click_miou']:.3f} | "
+            f"{r['synthetic_box_miou']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/pretrain"))
@@ -49,7 +66,11 @@ def main() -> None:
     parser.add_argument("--pool-workers", type=int, default=2)
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--export", action="store_true", help="only export the current checkpoint")
+    parser.add_argument("--curve", action="store_true", help="only print the learning curve from the log")
     args = parser.parse_args()
+    if args.curve:
+        print(learning_curve(args.run_dir))
+        return
     if args.export:
         export(args.run_dir)
         return
