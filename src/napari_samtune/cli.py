@@ -1,8 +1,10 @@
-"""The ``samtune`` command line: list models, precompute embeddings, segment from a prompt file, score a result.
+"""The ``samtune`` command line: list models, precompute embeddings, segment from a prompt file, fine-tune on image
+and label folders, segment without prompts, score a result.
 
-Each subcommand is a thin layer over ``napari_samtune.core`` (the same ``Segmenter`` the napari widgets use), so
-the command line and the GUI give the same masks. Problems with the user's input (a model, image, prompt file or
-cache that cannot be used) end with exit code 2 and a one-line message, without a traceback.
+Each subcommand is a thin layer over ``napari_samtune.core`` (the same ``Segmenter`` and ``fine_tune`` the napari
+widgets use), so the command line and the GUI give the same results. Problems with the user's input (a model, image,
+folder, prompt file, adapter or cache that cannot be used) end with exit code 2 and a one-line message, without a
+traceback; Ctrl-C ends with exit code 130 and leaves no half-written file.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from .core import metrics
+from .core.automatic import InstanceSettings, segment_without_prompts
+from .core.datasets import DatasetError, list_images, load_folder_pairs
 from .core.embeddings import CacheError
 from .core.image import ImageError
 from .core.io import atomic_write
@@ -31,8 +36,28 @@ from .core.models.registry import (
 from .core.predictor import PromptError
 from .core.prompt_files import check_fits, label_ids, read_prompts
 from .core.segmenter import Segmenter
+from .core.training.adapters import AdapterError, apply_adapter, load_adapter, save_adapter
+from .core.training.data import DataError, prepare_training_data
+from .core.training.fine_tune import AUTO, METHODS, FineTuneResult, fine_tune
+from .core.training.loop import TrainConfig, TrainEvent, TrainingError
 
-USER_ERRORS = (ModelError, ImageError, PromptError, CacheError)
+
+class UsageError(ValueError):
+    """Options that do not go together; the message says which and what to give instead."""
+
+
+T = TypeVar("T")
+USER_ERRORS = (
+    ModelError,
+    ImageError,
+    PromptError,
+    CacheError,
+    DatasetError,
+    DataError,
+    AdapterError,
+    TrainingError,
+    UsageError,
+)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -73,11 +98,52 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def _progress(events: Iterable, total: int, desc: str) -> Iterable:
+def _progress(events: Iterable, total: int, desc: str, unit: str = "plane") -> Iterable:
     """tqdm over a core progress generator (hidden when stderr is not a terminal)."""
     from tqdm import tqdm
 
-    return tqdm(events, total=total, desc=desc, unit="plane", disable=None, leave=False)
+    return tqdm(events, total=total, desc=desc, unit=unit, disable=None, leave=False)
+
+
+def _result_of(job: Generator[object, None, T], total: int, desc: str) -> T:
+    """Run a core progress generator under a tqdm bar, one tick per event; returns the generator's return value."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="plane", disable=None, leave=False) as bar:
+        while True:
+            try:
+                next(job)
+            except StopIteration as stop:
+                return stop.value
+            bar.update()
+
+
+def _train(run: Iterator[TrainEvent]) -> tuple[FineTuneResult, list[TrainEvent]]:
+    """Run ``fine_tune``'s generator under a tqdm bar (step/total, loss, validation); returns its result and events."""
+    from tqdm import tqdm
+
+    events: list[TrainEvent] = []
+    with tqdm(desc="fine-tuning", unit="step", disable=None, leave=False) as bar:
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                return stop.value, events
+            events.append(event)
+            bar.total, bar.n = event.total, event.step  # the automatic search revises its total as it goes
+            loss, best = _headline_loss(event), event.best
+            parts = [f"loss {loss:.3g}"] if loss is not None else []
+            parts += [f"validation best {best:.3f}"] if best is not None else []
+            bar.set_postfix_str(", ".join(parts), refresh=False)
+            bar.refresh()
+
+
+def _headline_loss(event: TrainEvent) -> float | None:
+    """A step's total loss: ``"loss"``, else the mean of its levels' ``".../loss"`` (BLO); None before any step."""
+    if "loss" in event.losses:
+        return event.losses["loss"]
+    levels = [v for k, v in event.losses.items() if k.endswith("/loss")]
+    return float(np.mean(levels)) if levels else None
 
 
 def _load_model(args: argparse.Namespace) -> SamModel:
@@ -157,6 +223,81 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a copy of the model on image/label folder pairs; write what changed as an adapter file."""
+    if args.method == AUTO and args.budget is None:
+        raise UsageError("method 'auto' searches within a time budget: give --budget SECONDS")
+    if args.method == "sum" and args.unlabeled is None:
+        raise UsageError("method 'sum' also learns from unlabeled images: give --unlabeled FOLDER")
+    pairs = load_folder_pairs(args.images, args.labels)
+    unlabeled = [read_image(path) for path in list_images(args.unlabeled, "unlabeled")] if args.unlabeled else []
+    if args.unlabeled and not unlabeled:
+        raise UsageError(f"unlabeled folder {args.unlabeled} has no image files: add images or leave --unlabeled out")
+    data = prepare_training_data(
+        [p.image for p in pairs],
+        [p.labels for p in pairs],
+        classes=args.classes,
+        unlabeled=unlabeled,
+        seed=args.seed,
+        names=[f"image {p.name}" for p in pairs],
+    )
+    print(
+        f"{len(pairs)} image(s): {len(data.train)} training and {len(data.validation)} validation plane(s), "
+        f"{data.task}, classes {list(data.classes)}" + (f", {len(unlabeled)} unlabeled image(s)" if unlabeled else "")
+    )
+    config = TrainConfig(steps=args.steps, time_budget_s=args.budget, seed=args.seed)
+    run = fine_tune(_load_model(args), data, args.method, config=config, cache_root=args.cache_dir)
+    result, events = _train(run)
+    save_adapter(result.adapter, args.output)
+    losses = [loss for e in events if (loss := _headline_loss(e)) is not None]
+    quarter = max(1, len(losses) // 4)
+    training = result.training
+    print(
+        f"{result.adapter.method}: {training.steps} step(s) in {training.elapsed_s:.0f} s ({training.stopped})"
+        + (f", loss {np.mean(losses[:quarter]):.4f} → {np.mean(losses[-quarter:]):.4f}" if losses else "")
+    )
+    print(f"validation score {events[0].validation:.4f} before → {training.best_validation:.4f} after (best kept)")
+    print(f"adapter → {args.output}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Prompt-free labels for an image or every image of a folder: classes with learned prompts, else objects."""
+    if args.input.is_dir():
+        inputs = list_images(args.input, "input")
+        if not inputs:
+            raise UsageError(f"input folder {args.input} has no image files")
+        outputs = [args.out / f"{path.stem}{args.suffix}" for path in inputs]
+    else:
+        inputs, outputs = [args.input], [args.out]
+    model = _load_model(args)
+    if args.adapter is not None:
+        adapter = load_adapter(args.adapter)
+        if adapter.base_sha256 != model.weights_sha256:
+            raise AdapterError(
+                f"adapter {args.adapter} was fine-tuned from another base model ('{adapter.base_name}', weights "
+                f"{adapter.base_sha256[:12]}…) than the loaded '{model.name}' ({model.weights_sha256[:12]}…): "
+                "give the --model/--checkpoint it was fine-tuned from"
+            )
+        model = apply_adapter(model, adapter)
+    if model.prompt_embeddings is not None:
+        print(f"semantic labels of classes {list(model.classes)} from the learned prompts")
+    else:
+        print("instance labels: one id per object found from a grid of clicks")
+    settings = InstanceSettings(
+        points_per_side=args.points_per_side, min_score=args.min_score, min_stability=args.min_stability
+    )
+    for image_path, out_path in _progress(list(zip(inputs, outputs)), len(inputs), "images", unit="image"):
+        segmenter = _segmenter(args, model, image_path)
+        for _ in _progress(segmenter.encode(), segmenter.n_planes, f"encoding {image_path.name}"):
+            pass
+        job = segment_without_prompts(segmenter, settings)
+        labels = _result_of(job, segmenter.n_planes, f"segmenting {image_path.name}")
+        write_labels(out_path, labels)
+        print(f"{image_path} → {out_path}: {len(np.unique(labels[labels > 0]))} label value(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``samtune`` argument parser, one subparser per command."""
     parser = argparse.ArgumentParser(prog="samtune", description="Segment Anything for microscopy and medical images.")
@@ -178,14 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the available models").set_defaults(run=cmd_models)
     encode = commands.add_parser("encode", parents=[model, image], help="precompute image embeddings (all planes)")
     encode.add_argument("images", nargs="+", metavar="IMAGE")
-    encode.set_defaults(run=cmd_encode)
+    encode.set_defaults(run=cmd_encode, interrupted="planes already encoded stay cached")
     segment = commands.add_parser("segment", parents=[model, image], help="segment objects from a prompt file")
     segment.add_argument("image", metavar="IMAGE")
     segment.add_argument(
         "--prompts", required=True, type=Path, help="CSV or JSON; columns object,kind,row,col[,row1,col1],label[,plane]"
     )
     segment.add_argument("--out", required=True, type=Path, help="label image to write (.tif, or .png for 2D)")
-    segment.set_defaults(run=cmd_segment)
+    segment.set_defaults(run=cmd_segment, interrupted="planes already encoded stay cached")
     evaluate = commands.add_parser("evaluate", help="score predicted labels against ground-truth labels")
     evaluate.add_argument("prediction", metavar="PRED_LABELS")
     evaluate.add_argument("truth", metavar="GT_LABELS")
@@ -194,11 +335,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--threshold", type=float, default=0.5, help="IoU for a match with --instances (default 0.5)")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    finetune = commands.add_parser(
+        "finetune", parents=[model], help="fine-tune on image/label folder pairs and save an adapter file"
+    )
+    finetune.add_argument("images", type=Path, metavar="IMAGE_DIR", help="folder of images")
+    finetune.add_argument(
+        "labels", type=Path, metavar="LABEL_DIR", help="folder of label images named like the images (any suffix)"
+    )
+    finetune.add_argument("--output", required=True, type=Path, help="adapter file to write (e.g. nuclei.samtune)")
+    finetune.add_argument(
+        "--method",
+        default="interactive",
+        choices=[*METHODS, AUTO],
+        help="interactive (prompted segmentation), blo (learned prompts: prompt-free), sum (+ --unlabeled), wesam "
+        "(weak self-training from the labels' boxes), auto (searches within --budget); default interactive",
+    )
+    finetune.add_argument("--unlabeled", type=Path, metavar="DIR", help="folder of unlabeled images (for sum, auto)")
+    finetune.add_argument("--budget", type=_positive(float), metavar="SECONDS", help="stop after this much time")
+    finetune.add_argument("--steps", type=_positive(int), default=300, help="training steps (default 300)")
+    finetune.add_argument("--seed", type=int, default=0, help="seed of the validation split and training (default 0)")
+    finetune.add_argument(
+        "--classes",
+        type=_int_list,
+        metavar="1,2,…",
+        help="multi-class labels: the class values to learn (others count as background); default: inferred",
+    )
+    finetune.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache folder)")
+    finetune.set_defaults(run=cmd_finetune, interrupted="nothing was written")
+
+    predict = commands.add_parser(
+        "predict", parents=[model, image], help="segment images without prompts (learned prompts, else every object)"
+    )
+    predict.add_argument("input", type=Path, metavar="IMAGE_OR_DIR")
+    predict.add_argument(
+        "--out", required=True, type=Path, help="label image to write, or a folder when IMAGE_OR_DIR is a folder"
+    )
+    predict.add_argument("--adapter", type=Path, help="adapter file from `samtune finetune` for this model")
+    predict.add_argument("--suffix", default=".tif", help="label file type in an output folder (default .tif)")
+    defaults = InstanceSettings()
+    predict.add_argument(
+        "--points-per-side",
+        type=_positive(int),
+        default=defaults.points_per_side,
+        help=f"without learned prompts: clicks per side of the grid (default {defaults.points_per_side})",
+    )
+    predict.add_argument(
+        "--min-score",
+        type=float,
+        default=defaults.min_score,
+        help=f"without learned prompts: predicted IoU an object needs (default {defaults.min_score})",
+    )
+    predict.add_argument(
+        "--min-stability",
+        type=float,
+        default=defaults.min_stability,
+        help=f"without learned prompts: mask stability an object needs (default {defaults.min_stability})",
+    )
+    predict.set_defaults(run=cmd_predict, interrupted="label images already written are complete")
     return parser
 
 
 def _channel(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 1,2,3; got {text!r}") from None
+
+
+def _positive(kind: type) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"samtune {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"samtune {args.command}: interrupted (planes already encoded stay cached)", file=sys.stderr)
+        done = getattr(args, "interrupted", None)
+        print(f"samtune {args.command}: interrupted" + (f" ({done})" if done else ""), file=sys.stderr)
         return 130
 
 

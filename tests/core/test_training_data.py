@@ -180,3 +180,22 @@ def test_summary_counts_objects_of_the_training_items():
         "unlabeled_images": 0,
         "objects": 6,
     }
+
+
+def test_chosen_classes_are_learned_as_semantic_classes_and_the_rest_is_background():
+    labels = squares(boxes=((2, 2, 10, 10), (15, 20, 25, 30), (26, 0, 30, 8)), values=(1, 4, 7))
+    only_one = squares(boxes=((2, 2, 10, 10),), values=(7,))  # holds none of the chosen classes: kept, not refused
+    data = prepare_training_data([IMAGE, IMAGE], [labels, only_one], classes=[4, 1], validation_fraction=0.5)
+    assert data.task == "semantic" and data.classes == (1, 4)
+    # The second image has no chosen class left, so no item; a single item serves training and validation.
+    assert [it.image for it in data.train] == [it.image for it in data.validation] == [0]
+    np.testing.assert_array_equal(data.train[0].labels, np.where(labels == 7, 0, labels))
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [([1, 9], r"class value\(s\) \[9\] occur in no label image"), ([0, 1], "classes must be positive label values")],
+)
+def test_chosen_classes_must_be_positive_and_present(classes, message):
+    with pytest.raises(DataError, match=message):
+        prepare_training_data([IMAGE], [squares()], classes=classes)

@@ -1,12 +1,18 @@
-"""Prompt-free segmentation with a model's learned prompts (from BLO prompt learning).
+"""Prompt-free segmentation: with a model's learned prompts (from BLO prompt learning), or of every object.
 
-Each class has a few learned prompt tokens. On every tile the decoder turns each class's tokens into one logit map
-(its single-mask output); the maps are brought to the plane's own resolution the way the predictor does it, tiles are
-blended where they overlap, and the classes compete through a softmax against a fixed background logit of 0.
+Learned prompts: each class has a few learned prompt tokens. On every tile the decoder turns each class's tokens into
+one logit map (its single-mask output); the maps are brought to the plane's own resolution the way the predictor does
+it, tiles are blended where they overlap, and the classes compete through a softmax against a fixed background logit
+of 0.
+
+Every object (``segment_instances``, any model): SAM's automatic mask generation in short. A grid of single clicks
+covers the plane; each click's mask is kept when its predicted IoU and stability are high enough and no better mask
+overlaps it too much; the kept masks become instance labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +22,10 @@ import torch.nn.functional as F
 from .decoder import decode_tokens, dense_positional_encoding, embed_dense
 from .embeddings import PlaneEmbedding
 from .models.registry import SamModel
+from .predictor import ObjectPrompt, Predictor
+from .segmenter import Segmenter
+
+_CLICKS_PER_CALL = 32  # bounds the (N, H, W) float32 logits of one predictor call
 
 
 @dataclass(frozen=True)
@@ -91,3 +101,138 @@ def logits_to_result(logits: torch.Tensor, classes: tuple[int, ...]) -> Automati
     values = np.array([0, *classes], np.int32)
     labels = values[probabilities.argmax(0).numpy()]
     return AutomaticResult(probabilities.numpy().astype(np.float32), labels, tuple(classes))
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    """Automatic instance segmentation. points_per_side: clicks per side of one encoder tile (of the whole plane when
+    it is not tiled); min_score: predicted IoU a mask needs; min_stability: IoU of the mask thresholded at logit +1
+    and −1; nms_iou: a mask overlapping a better kept one by more is a duplicate; min_area: smallest object in
+    pixels (after overlaps are resolved); max_area_fraction: masks covering more of their tile are background."""
+
+    points_per_side: int = 16
+    min_score: float = 0.7
+    min_stability: float = 0.8
+    nms_iou: float = 0.7
+    min_area: int = 16
+    max_area_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.points_per_side < 1:
+            raise ValueError(f"points_per_side must be ≥ 1, got {self.points_per_side}")
+        if not 0 < self.nms_iou <= 1 or not 0 < self.max_area_fraction <= 1:
+            raise ValueError("nms_iou and max_area_fraction must be in (0, 1]")
+
+
+def click_grid(embedding: PlaneEmbedding, points_per_side: int) -> np.ndarray:
+    """``(N, 2)`` float (row, col) clicks on a regular grid over the plane, centred in their cells, about
+    ``points_per_side`` per side of one encoder tile (the whole plane when it is not tiled)."""
+    spacing = embedding.input_size / embedding.scale / points_per_side
+
+    def centres(side: int) -> np.ndarray:
+        n = max(1, round(side / spacing))
+        return (np.arange(n) + 0.5) * side / n
+
+    rows, cols = (centres(side) for side in embedding.plane_shape)
+    return np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
+
+
+def segment_instances(
+    predictor: Predictor, embedding: PlaneEmbedding, settings: InstanceSettings | None = None
+) -> np.ndarray:
+    """Every object of one encoded plane without user prompts: ``(H, W)`` int32 labels, ids 1… by mask quality.
+
+    Masks are painted largest first, so a smaller object inside a larger one stays visible.
+    """
+    s = settings or InstanceSettings()
+    h, w = embedding.plane_shape
+    tile_area = (embedding.tiles[:, 2] - embedding.tiles[:, 0]) * (embedding.tiles[:, 3] - embedding.tiles[:, 1])
+    candidates: list[_Mask] = []
+    clicks = click_grid(embedding, s.points_per_side)
+    for start in range(0, len(clicks), _CLICKS_PER_CALL):
+        prompts = [ObjectPrompt(points=c[None]) for c in clicks[start : start + _CLICKS_PER_CALL]]
+        out = predictor.predict(embedding, prompts, return_logits=True)
+        stability = (out.logits > 1).sum((1, 2)) / np.maximum((out.logits > -1).sum((1, 2)), 1)
+        area = out.masks.sum((1, 2))
+        ok = (out.scores >= s.min_score) & (stability >= s.min_stability) & (area >= s.min_area)
+        ok &= area <= s.max_area_fraction * tile_area[out.tile_index]
+        candidates += [_Mask.of(out.masks[i], float(out.scores[i])) for i in np.flatnonzero(ok)]
+    kept: list[_Mask] = []
+    for mask in sorted(candidates, key=lambda m: -m.score):
+        if all(mask.iou(other) <= s.nms_iou for other in kept):
+            kept.append(mask)
+    labels = np.zeros((h, w), np.int32)
+    for index in sorted(range(len(kept)), key=lambda i: -kept[i].area):
+        kept[index].paint(labels, index + 1)
+    ids, areas = np.unique(labels[labels > 0], return_counts=True)
+    labels[np.isin(labels, ids[areas < s.min_area])] = 0
+    return _renumber(labels)
+
+
+@dataclass(frozen=True)
+class _Mask:
+    """A mask kept as its bounding box ``(r0, c0, r1, c1)`` and the crop inside it."""
+
+    box: tuple[int, int, int, int]
+    crop: np.ndarray
+    score: float
+
+    @classmethod
+    def of(cls, mask: np.ndarray, score: float) -> _Mask:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return cls((int(r0), int(c0), int(r1), int(c1)), mask[r0:r1, c0:c1].copy(), score)
+
+    @property
+    def area(self) -> int:
+        return int(self.crop.sum())
+
+    def iou(self, other: _Mask) -> float:
+        r0, c0 = max(self.box[0], other.box[0]), max(self.box[1], other.box[1])
+        r1, c1 = min(self.box[2], other.box[2]), min(self.box[3], other.box[3])
+        if r0 >= r1 or c0 >= c1:
+            return 0.0
+        a = self.crop[r0 - self.box[0] : r1 - self.box[0], c0 - self.box[1] : c1 - self.box[1]]
+        b = other.crop[r0 - other.box[0] : r1 - other.box[0], c0 - other.box[1] : c1 - other.box[1]]
+        inter = int((a & b).sum())
+        return inter / (self.area + other.area - inter)
+
+    def paint(self, labels: np.ndarray, value: int) -> None:
+        r0, c0, r1, c1 = self.box
+        labels[r0:r1, c0:c1][self.crop] = value
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lookup[ids] = np.arange(1, len(ids) + 1)
+    return lookup[labels]
+
+
+def segment_without_prompts(
+    segmenter: Segmenter,
+    settings: InstanceSettings | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Generator[dict, None, np.ndarray | None]:
+    """Label every plane of the segmenter's image without prompts; yields ``{"done", "total", "plane"}`` per plane.
+
+    With learned prompts (``model.prompt_embeddings``) the labels are class values (``segment_automatic``), otherwise
+    object ids (``segment_instances`` with ``settings``). Returns int32 labels of the image's spatial shape (``(H, W)``
+    or ``(Z, H, W)``), or None when ``should_stop`` ended it.
+    """
+    model, store = segmenter.model, segmenter.store
+    if store is None:
+        raise ValueError("no image set: call segmenter.set_image(image) first")
+    planes = []
+    for index in range(segmenter.n_planes):
+        if should_stop():
+            return None
+        embedding = store.plane(index)
+        if model.prompt_embeddings is not None:
+            planes.append(segment_automatic(model, embedding).labels)
+        else:
+            planes.append(segment_instances(segmenter.predictor, embedding, settings))
+        yield {"done": index + 1, "total": segmenter.n_planes, "plane": index}
+    labels = np.stack(planes).astype(np.int32)
+    return labels if store.volume.is_stack else labels[0]

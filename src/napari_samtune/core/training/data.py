@@ -6,6 +6,7 @@ An *item* is one 2D plane of one image (a 3D stack gives one item per plane).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,7 @@ def prepare_training_data(
     labels: list[np.ndarray],
     *,
     task: str = "auto",
+    classes: Sequence[int] | None = None,
     rgb: bool | None = None,
     unlabeled: list[np.ndarray] = (),
     weak: dict[int, WeakLabels] | None = None,
@@ -82,16 +84,19 @@ def prepare_training_data(
 
     images: 2D ``(H, W)``/RGB or 3D ``(Z, H, W)`` arrays; labels: integer arrays of the same spatial shape (one per
     image). task: "instances" (each id one object), "semantic" (each value a class, 0 background) or "auto".
+    classes: the class values to learn from multi-class labels (task "semantic"); other values count as background.
     """
     if len(images) != len(labels):
         raise DataError(f"got {len(images)} images but {len(labels)} label images: give one label image per image")
     if not images:
         raise DataError("no training images given: add at least one image with its labels")
     names = names or [f"image {i}" for i in range(len(images))]
+    if classes is not None:
+        task, labels = "semantic", _keep_classes(labels, classes)
     volumes, items = [], []
     for i, (image, lab) in enumerate(zip(images, labels)):
         volume = as_volume(image, rgb=rgb)
-        lab = _check_labels(lab, volume, names[i])
+        lab = _check_labels(lab, volume, names[i], allow_empty=classes is not None)
         volumes.append(volume)
         planes = lab if volume.is_stack else lab[None]
         items += [Item(i, z, planes[z]) for z in range(len(planes)) if planes[z].any()]
@@ -114,7 +119,19 @@ def prepare_training_data(
     )
 
 
-def _check_labels(labels: np.ndarray, volume: Volume, name: str) -> np.ndarray:
+def _keep_classes(labels: list[np.ndarray], classes: Sequence[int]) -> list[np.ndarray]:
+    """``labels`` with every value outside ``classes`` set to 0; refuses a class found in no label image."""
+    wanted = sorted({int(c) for c in classes})
+    if not wanted or min(wanted) <= 0:
+        raise DataError(f"classes must be positive label values (0 is background), got {list(classes)}")
+    kept = [np.where(np.isin(lab, wanted), lab, 0) for lab in map(np.asarray, labels)]
+    present = set().union(*(np.unique(lab).tolist() for lab in kept))
+    if missing := [c for c in wanted if c not in present]:
+        raise DataError(f"class value(s) {missing} occur in no label image: choose among the values the labels hold")
+    return kept
+
+
+def _check_labels(labels: np.ndarray, volume: Volume, name: str, allow_empty: bool = False) -> np.ndarray:
     lab = np.asarray(labels)
     expected = (volume.n_planes, *volume.plane_shape) if volume.is_stack else volume.plane_shape
     if lab.shape != tuple(expected):
@@ -132,7 +149,7 @@ def _check_labels(labels: np.ndarray, volume: Volume, name: str) -> np.ndarray:
         raise DataError(f"labels of {name} have dtype {lab.dtype}: labels must be integer ids (0 = background)")
     if lab.min() < 0:
         raise DataError(f"labels of {name} contain negative values: use 0 for background and positive ids")
-    if not lab.any():
+    if not lab.any() and not allow_empty:  # with chosen classes, an image may hold none of them
         raise DataError(f"labels of {name} are all 0: paint at least one object in it or leave it out")
     # 0/255 binary masks (common in public data sets) mean object/background.
     values = np.unique(lab)
