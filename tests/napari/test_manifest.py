@@ -50,3 +50,14 @@ def test_samples_are_fixed():
 
     first, again = _sample_data.nuclei(), _sample_data.nuclei()
     assert np.array_equal(first[0][0], again[0][0]) and np.array_equal(first[1][0], again[1][0])
+
+
+def test_widgets_are_in_the_layers_menu(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+    segment = {item.command.id for item in app.menus.get_menu("napari/layers/segment") if hasattr(item, "command")}
+    visualize = {item.command.id for item in app.menus.get_menu("napari/layers/visualize") if hasattr(item, "command")}
+    assert {"napari-samtune.prompt_widget", "napari-samtune.finetune_widget"} <= segment
+    assert "napari-samtune.uncertainty_widget" in visualize

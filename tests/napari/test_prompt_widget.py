@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 from napari.layers import Labels
 
@@ -10,6 +13,7 @@ from napari_samtune.core.models import save_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter, masks_to_labels
 from tests.core.conftest import TINY, make_model
+from tests.core.test_propagation import ellipsoids
 
 from .conftest import open_prompt_widget
 
@@ -151,3 +155,64 @@ def test_errors_are_notifications_not_exceptions(make_napari_viewer, errors, tmp
     widget.checkpoint.value = tmp_path / "missing.pt"
     widget.encode.native.click()
     assert "missing.pt does not exist" in errors[-1]
+
+
+def oracle_segment(truth: np.ndarray, delay_s: float = 0.0):
+    """A ``Segmenter.segment`` that returns the true object under each prompt's first point, or its box's centre
+    (after ``delay_s``): the propagation tests check the walk and the layers, not a model's masks."""
+
+    def segment(self, prompts, plane=0, **kwargs):
+        time.sleep(delay_s)
+        masks = []
+        for prompt in prompts:
+            where = prompt.points[0] if prompt.points is not None else (prompt.box[:2] + prompt.box[2:]) / 2
+            row, col = np.round(where).astype(int)
+            value = truth[plane, row, col]
+            masks.append((truth[plane] == value) & (value > 0))
+        return SimpleNamespace(masks=np.array(masks))
+
+    return segment
+
+
+def test_propagate_follows_each_object_through_the_stack_in_one_undo_step(make_napari_viewer, monkeypatch, errors):
+    truth = ellipsoids()
+    monkeypatch.setattr(Segmenter, "segment", oracle_segment(truth))
+    viewer = make_napari_viewer()
+    viewer.add_image((40 + 150 * (truth > 0)).astype(np.uint8), name="cells")
+    widget = open_prompt_widget(viewer)
+    viewer.dims.current_step = (4, 0, 0)
+    viewer.layers["prompts"].add([[4.0, 20.0, 20.0]])
+    viewer.layers["boxes"].add_rectangles(np.array([[4.0, 42, 42], [4, 42, 54], [4, 54, 54], [4, 54, 42]]))
+    widget.propagate.native.click()
+
+    labels = viewer.layers["segmentation"]
+    # Boxed objects come first: id 1 is the boxed truth 2 (on all 9 planes), id 2 the clicked truth 1 (planes 2-6).
+    np.testing.assert_array_equal(labels.data, np.choose(truth, [0, 2, 1]))
+    assert len(viewer.layers["prompts"].data) == 0 and widget.propagate.text == "Propagate"
+    labels.undo()
+    assert not labels.data.any()
+
+    viewer.add_image(truth[0].astype(np.uint8), name="flat")
+    widget.image.value = viewer.layers["flat"]
+    widget.propagate.native.click()
+    assert "'flat' is 2D" in errors[-1]
+
+
+def test_cancelling_propagation_changes_no_label(make_napari_viewer, monkeypatch, qtbot):
+    monkeypatch.delenv("SAMTUNE_SYNC_WORKERS")
+    truth = ellipsoids()
+    monkeypatch.setattr(Segmenter, "segment", oracle_segment(truth, delay_s=0.2))
+    viewer = make_napari_viewer()
+    viewer.add_image((40 + 150 * (truth > 0)).astype(np.uint8), name="cells")
+    widget = open_prompt_widget(viewer)
+    widget.live_preview.value = False
+    viewer.dims.current_step = (4, 0, 0)
+    viewer.layers["prompts"].add([[4.0, 48.0, 48.0]])
+    widget.propagate.native.click()
+    qtbot.waitUntil(lambda: widget.propagate.text == "Cancel", timeout=5_000)
+    qtbot.wait(500)  # a few planes into the walk
+    widget.propagate.native.click()
+    qtbot.waitUntil(lambda: widget.propagate.text == "Propagate", timeout=10_000)
+    qtbot.wait(300)
+    assert not viewer.layers["segmentation"].data.any()
+    assert len(viewer.layers["prompts"].data) == 1  # the prompts stay for another try

@@ -1,12 +1,13 @@
 """Dock widget: segment an image from point and box prompts, preview the objects live, commit them as labels.
 
 The widget only translates: ``services.layers`` reads the prompt layers and writes the results, ``core.Segmenter``
-does the segmenting, and model loading and encoding run as a job (``workers.run_job``).
+does the segmenting, and model loading, encoding and following objects through a stack run as jobs
+(``services.segmenting``, run by ``workers.run_job``).
 """
 
 # No ``from __future__ import annotations``: napari injects the viewer only for a real ``Viewer`` annotation.
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -18,41 +19,22 @@ from superqt.utils import qthrottled
 
 from ..core.embeddings import CacheError
 from ..core.image import ImageError
-from ..core.models.registry import BUNDLED_NAME, ModelError, SamModel, available_models, load_model
-from ..core.predictor import PromptError
+from ..core.models.registry import BUNDLED_NAME, ModelError, SamModel, available_models
+from ..core.predictor import ObjectPrompt, PromptError
 from ..core.segmenter import Segmenter
+from ..core.training.adapters import AdapterError
 from ..services import layers
 from ..services.layers import LayerError
+from ..services.models import ADAPTER
+from ..services.segmenting import ModelRequest, follow_objects, prepare_segmenter
 from .connections import Connections
 from .workers import run_job
 
 CHECKPOINT_FILE = "checkpoint file…"
-USER_ERRORS = (CacheError, ImageError, LayerError, ModelError, PromptError)
+ADAPTER_FILE = "adapter file…"
+USER_ERRORS = (AdapterError, CacheError, ImageError, LayerError, ModelError, PromptError)
 POINTS, BOXES, PREVIEW, SEGMENTATION = "prompts", "boxes", "preview", "segmentation"
 NO_IMAGE = "no image to segment: open one (e.g. File > Open Sample > SAM tune) and choose it under 'image'"
-ModelRequest = tuple[str, str | None]  # (model name, checkpoint path)
-
-
-def prepare_segmenter(
-    model: SamModel | None,
-    request: ModelRequest,
-    segmenter: Segmenter | None,
-    image: np.ndarray,
-    rgb: bool,
-    planes: list[int] | None,
-) -> Generator[dict, None, Segmenter]:
-    """Load the model (unless given) and set the image (unless ``segmenter`` is given), then encode ``planes``
-    (None: all). Yields progress dicts; returns the ready ``Segmenter``."""
-    if segmenter is None:
-        if model is None:
-            yield {"stage": f"loading model {request[0]}"}
-            model = load_model(request[0], checkpoint=request[1])
-        yield {"stage": "reading image"}
-        segmenter = Segmenter(model)
-        segmenter.set_image(image, rgb=rgb)
-    yield {"stage": "encoding"}
-    yield from segmenter.encode(planes)
-    return segmenter
 
 
 class PromptWidget(Container):
@@ -68,11 +50,19 @@ class PromptWidget(Container):
         self._image = ComboBox(name="image", choices=self._image_choices, tooltip="The image layer to segment")
         self._model_name = ComboBox(
             name="model",
-            choices=[*available_models(), CHECKPOINT_FILE],
+            choices=[*available_models(), CHECKPOINT_FILE, ADAPTER_FILE],
             value=BUNDLED_NAME,
-            tooltip=f"{BUNDLED_NAME} ships with the plugin; vit_b, vit_l and vit_h are downloaded on first use",
+            tooltip=f"{BUNDLED_NAME} ships with the plugin; vit_b, vit_l and vit_h are downloaded on first use; "
+            "an adapter file (from 'Fine-tune on current layers') is applied to the model it was trained on",
         )
-        self._checkpoint = FileEdit(name="checkpoint", filter="*.pt *.pth", visible=False)
+        self._checkpoint = FileEdit(
+            name="checkpoint",
+            filter="*.pt *.pth",
+            visible=False,
+            nullable=True,
+            tooltip="A SAM checkpoint; with an adapter, only needed when its base model was a checkpoint file",
+        )
+        self._adapter = FileEdit(name="adapter", filter="*.pt", visible=False, nullable=True)
         self._state = Label(name="embeddings")
         self._encode = PushButton(
             name="encode",
@@ -93,9 +83,16 @@ class PromptWidget(Container):
             text="Commit",
             tooltip=f"Add the objects to '{SEGMENTATION}' as new labels and clear the prompts [c]",
         )
+        self._propagate = PushButton(
+            name="propagate",
+            text="Propagate",
+            tooltip=f"Stacks: segment the objects prompted on this slice, follow each one up and down the stack until "
+            f"it vanishes or changes too much, and add them to '{SEGMENTATION}' as new labels; click again to cancel",
+        )
         self._clear = PushButton(name="clear_prompts", text="Clear", tooltip="Remove all prompts and the preview")
-        controls = (self._image, self._model_name, self._checkpoint, self._state, self._encode, self._live)
-        super().__init__(widgets=[*controls, self._segment, self._commit, self._clear])
+        models = (self._model_name, self._checkpoint, self._adapter)
+        controls = (self._image, *models, self._state, self._encode, self._live)
+        super().__init__(widgets=[*controls, self._segment, self._commit, self._propagate, self._clear])
         self._model: SamModel | None = None
         self._model_for: ModelRequest | None = None
         self._segmenter: Segmenter | None = None
@@ -112,9 +109,11 @@ class PromptWidget(Container):
         self._image.changed.connect(self._on_image)
         self._model_name.changed.connect(self._on_model)
         self._checkpoint.changed.connect(self._on_model)
+        self._adapter.changed.connect(self._on_model)
         self._encode.clicked.connect(self._on_encode)
         self._segment.clicked.connect(lambda: self._run())
         self._commit.clicked.connect(lambda: self._run(commit=True))
+        self._propagate.clicked.connect(self._on_propagate)
         self._clear.clicked.connect(self._on_clear)
         self._connections.listen(viewer.dims.events.current_step, self._on_prompts)
         self._on_image()
@@ -125,13 +124,33 @@ class PromptWidget(Container):
         self._segmenter = None
         self._show_state()
 
+    @property
+    def loaded_model(self) -> SamModel | None:
+        """The model in use, when it is loaded already."""
+        return self._model if self._model_for == self._model_request() else None
+
+    def current_object(self) -> tuple[Segmenter, list[ObjectPrompt], int | None] | None:
+        """The ready segmenter of the chosen image, the objects prompted on the current slice and that slice (None
+        for a 2D image); None when the slice is not encoded yet. Raises ``LayerError`` as segmenting would."""
+        if (image := self._image.value) is None:
+            raise LayerError(NO_IMAGE)
+        points, boxes, _ = self._prompt_layers(image)
+        plane = layers.current_plane(image, self._viewer.dims.point)
+        segmenter = self._current_segmenter(image)
+        if segmenter is None or not segmenter.is_encoded(plane or 0):
+            return None
+        return segmenter, layers.read_prompts(points, boxes, plane), plane
+
     def _image_choices(self, _widget: ComboBox) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
 
     def _model_request(self) -> ModelRequest:
+        checkpoint = None if self._checkpoint.value is None else str(self._checkpoint.value)
         if self._model_name.value == CHECKPOINT_FILE:
-            return "custom", str(self._checkpoint.value)
-        return self._model_name.value, None
+            return "custom", checkpoint, None
+        if self._model_name.value == ADAPTER_FILE:
+            return ADAPTER, checkpoint, None if self._adapter.value is None else str(self._adapter.value)
+        return self._model_name.value, None, None
 
     def _current_segmenter(self, image: Image) -> Segmenter | None:
         """The segmenter for this image and model choice, if one is ready."""
@@ -174,7 +193,8 @@ class PromptWidget(Container):
         self._on_prompts()
 
     def _on_model(self) -> None:
-        self._checkpoint.visible = self._model_name.value == CHECKPOINT_FILE
+        self._checkpoint.visible = self._model_name.value in (CHECKPOINT_FILE, ADAPTER_FILE)
+        self._adapter.visible = self._model_name.value == ADAPTER_FILE
         self._model = self._segmenter = None  # free the old model's memory now
         self._show_state()
 
@@ -231,20 +251,49 @@ class PromptWidget(Container):
         except USER_ERRORS as error:
             show_error(str(error))
 
-    def _start_job(self, image: Image, planes: list[int] | None) -> None:
-        """Load the model, set the image and encode ``planes`` in a worker; then segment, if that is pending."""
+    def _on_propagate(self) -> None:
+        if self._worker is not None:  # the button reads "Cancel" while a job runs
+            self._on_encode()
+            return
+        if (image := self._image.value) is None:
+            show_error(NO_IMAGE)
+            return
+        try:
+            points, boxes, _ = self._prompt_layers(image)
+            plane = layers.current_plane(image, self._viewer.dims.point)
+            if plane is None:
+                raise LayerError(f"image {image.name!r} is 2D: Propagate follows objects through the slices of a stack")
+            prompts = layers.read_prompts(points, boxes, plane)
+            self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)  # refuse a misfit early
+        except USER_ERRORS as error:
+            show_error(str(error))
+            return
+        if not prompts:
+            show_info("nothing to propagate: click points or draw boxes on this slice first")
+        else:
+            self._start_job(image, [plane], follow=(prompts, plane))
+
+    def _start_job(
+        self, image: Image, planes: list[int] | None, follow: tuple[list[ObjectPrompt], int] | None = None
+    ) -> None:
+        """Load the model, set the image and encode ``planes`` in a worker; then segment, if that is pending. With
+        ``follow`` (the prompts of a slice and that slice), then propagate those objects and commit them."""
         if self._busy:  # a sync job can re-enter here too, when a progress update runs Qt events
             return
         self._busy = True
         request = self._model_request()
         model = self._model if self._model_for == request else None
+        key = (request, id(image), id(image.data))
         job = partial(prepare_segmenter, model, request, self._current_segmenter(image), image.data, image.rgb, planes)
-        self._encode.text = "Cancel"
+        on_returned = partial(self._job_returned, key)
+        if follow is not None:
+            job, on_returned = partial(follow_objects, job, *follow), partial(self._propagated, key, image)
+        (self._encode if follow is None else self._propagate).text = "Cancel"
         self._worker = run_job(
             job,
-            description="SAM tune: preparing embeddings",
+            description="SAM tune: propagating" if follow else "SAM tune: preparing embeddings",
             on_yielded=self._show_progress,
-            on_returned=partial(self._job_returned, (request, id(image), id(image.data))),
+            on_returned=on_returned,
             on_error=self._job_failed,
             on_finished=self._job_finished,
         )
@@ -256,6 +305,22 @@ class PromptWidget(Container):
         self._segmenter, self._segmenter_for = segmenter, key
         self._model, self._model_for = segmenter.model, key[0]
 
+    def _propagated(self, key: tuple, image: Image, outcome: tuple[Segmenter, list[dict]]) -> None:
+        segmenter, objects = outcome
+        self._job_returned(key, segmenter)
+        try:
+            labels = self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)
+            ids = layers.paint_stack_objects(labels, objects)
+        except LayerError as error:
+            show_error(str(error))
+            return
+        points, boxes, preview = self._prompt_layers(image)
+        layers.clear_prompts(points, boxes)
+        layers.show_preview(preview, None, None)
+        planes = sorted({plane for found in objects for plane in found})
+        where = f" on slices {planes[0]} to {planes[-1]}" if planes else ""
+        show_info(f"added {len(ids)} object(s) to '{labels.name}'{where} as label(s) {ids}")
+
     def _job_failed(self, error: Exception) -> None:
         self._pending = None
         if not isinstance(error, USER_ERRORS):
@@ -264,7 +329,7 @@ class PromptWidget(Container):
 
     def _job_finished(self) -> None:
         self._worker, self._busy = None, False
-        self._encode.text = "Encode"
+        self._encode.text, self._propagate.text = "Encode", "Propagate"
         self._show_state()
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -286,3 +351,8 @@ class PromptWidget(Container):
             return
         where = "" if plane is None else f"slice {plane}: "
         self._state.value = where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")
+
+
+def prompt_widgets(viewer: Viewer) -> list[PromptWidget]:
+    """The prompt widgets docked in ``viewer``'s window (other widgets hand them models and read their prompts)."""
+    return [widget for widget in viewer.window.dock_widgets.values() if isinstance(widget, PromptWidget)]

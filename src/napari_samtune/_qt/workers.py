@@ -14,6 +14,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
+from qtpy.QtWidgets import QApplication
 
 Job = Callable[[], Generator[dict, None, Any]]
 
@@ -21,6 +22,22 @@ Job = Callable[[], Generator[dict, None, Any]]
 def sync_workers() -> bool:
     """Whether jobs run synchronously (environment variable ``SAMTUNE_SYNC_WORKERS=1``)."""
     return os.environ.get("SAMTUNE_SYNC_WORKERS") == "1"
+
+
+def freeze_activity_animation() -> None:
+    """Stop napari's animated 'in progress' indicator (it stays shown) in every napari window.
+
+    Why: in a window holding the OpenGL canvas, each frame of that GIF makes Qt recompose the whole window through
+    OpenGL. With software OpenGL (remote desktops, virtual machines, Xvfb) this took two CPU cores and made training
+    in a worker thread 2-3x slower than in a script; frozen, it runs at script speed
+    (``benchmarks/finetune_in_napari.py``). napari offers no setting for it, hence the guarded private lookup.
+    """
+    for window in QApplication.topLevelWidgets():
+        dialog = getattr(window, "_activity_dialog", None)
+        indicator = getattr(getattr(dialog, "_toggleButton", None), "_inProgressIndicator", None)
+        movie = indicator.movie() if indicator is not None else None
+        if movie is not None:
+            movie.setPaused(True)
 
 
 def run_job(
@@ -38,6 +55,7 @@ def run_job(
     after ``on_returned`` or ``on_error``, and also after the worker was quit.
     """
     bar = progress(desc=description)
+    freeze_activity_animation()
 
     def show(event: dict) -> None:
         if "stage" in event:

@@ -173,9 +173,25 @@ def paint_objects(labels: Labels, masks: np.ndarray, plane: int | None) -> list[
     One ``data_setitem`` call, so a single napari undo removes them all; with ``preserve_labels`` on, existing labels
     are kept. Returns the ids written (a mask that ends up empty gets none).
     """
-    painted = masks_to_labels(masks, start=int(labels.data.max()) + 1)
+    return _write_new_labels(labels, masks_to_labels(masks, start=int(labels.data.max()) + 1), plane)
+
+
+def paint_stack_objects(labels: Labels, objects: Sequence[dict[int, np.ndarray]]) -> list[int]:
+    """Write objects followed through a stack (each ``{plane: (H, W) bool mask}``) into the ``(Z, H, W)`` ``labels``
+    as new ids after its largest one, one id per object on all its planes; one undo step, as ``paint_objects``."""
+    start = int(labels.data.max()) + 1
+    painted = np.zeros(labels.data.shape, np.int32 if start + len(objects) < 2**31 else np.int64)
+    for i, planes in enumerate(objects):
+        for plane, mask in planes.items():
+            painted[plane][mask] = start + i
+    return _write_new_labels(labels, painted, None)
+
+
+def _write_new_labels(labels: Labels, painted: np.ndarray, plane: int | None) -> list[int]:
+    """Write the non-zero ids of ``painted`` (the whole layer's shape, or one ``plane`` of a stack) with a single
+    ``data_setitem``; returns the ids written."""
     dtype = labels.data.dtype
-    if np.issubdtype(dtype, np.integer) and painted.max() > np.iinfo(dtype).max:
+    if np.issubdtype(dtype, np.integer) and painted.max(initial=0) > np.iinfo(dtype).max:
         raise LayerError(
             f"labels layer {labels.name!r} is {dtype} and cannot hold label {painted.max()}; "
             "convert it to int32 (or rename it and a new one is made)"
@@ -183,9 +199,9 @@ def paint_objects(labels: Labels, masks: np.ndarray, plane: int | None) -> list[
     keep = painted > 0
     if labels.preserve_labels:
         keep &= (labels.data if plane is None else labels.data[plane]) == 0
-    rows, cols = np.nonzero(keep)
-    index = (rows, cols) if plane is None else (np.full_like(rows, plane), rows, cols)
-    values = painted[rows, cols]
+    where = np.nonzero(keep)
+    index = where if plane is None else (np.full_like(where[0], plane), *where)
+    values = painted[where]
     labels.data_setitem(index, values)
     return np.unique(values).tolist()
 
