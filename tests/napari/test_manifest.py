@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib import import_module, resources
 
 import numpy as np
@@ -61,3 +64,15 @@ def test_widgets_are_in_the_layers_menu(make_napari_viewer):
     visualize = {item.command.id for item in app.menus.get_menu("napari/layers/visualize") if hasattr(item, "command")}
     assert {"napari-samtune.prompt_widget", "napari-samtune.finetune_widget"} <= segment
     assert "napari-samtune.uncertainty_widget" in visualize
+
+
+def test_opening_a_widget_after_the_canvas_exists_does_not_crash_napari():
+    """As when a user opens a widget from the menu: napari's OpenGL canvas exists before the plugin (and torch) is
+    imported. With Mesa's OpenGL (Xvfb, remote desktops) importing triton then killed the process (segfault)."""
+    code = (
+        "import napari; viewer = napari.Viewer(); "
+        "viewer.window.add_plugin_dock_widget('napari-samtune', 'Segment with prompts'); print('opened')"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0 and "opened" in result.stdout, result.stderr[-3000:]
