@@ -17,7 +17,7 @@ a session exactly. Every call blocks until it is done::
     session.segment_automatic()                        # prompt-free, into the new layer 'nuclei prompt-free'
     session.show_uncertainty(source="prompt-free segmentation")   # or "prompt", "tta"… for the prompts on view
     session.next_uncertain_region()                    # centre the view where to look next
-    session.save_adapter("nuclei_adapter.pt")
+    session.save_adapter("nuclei.samtune")
     session.save_labels("nuclei_labels.tif")
     session.screenshot("nuclei.png")
 
@@ -74,7 +74,9 @@ class SamSession:
     for ``load_model``). ``cache_root``: the embedding cache (None: the user cache folder, False: memory only).
 
     ``model`` is the model in use (the adapted one after ``fine_tune``), ``base_model`` the one fine-tuning starts
-    from, so that an adapter always applies to a model that can be loaded again."""
+    from, so that an adapter always applies to a model that can be loaded again. 'Segment with prompts' widgets
+    docked in the viewer are handed ``model`` too; turn their live preview off while a script drives the session,
+    or they segment every prompt a second time."""
 
     def __init__(
         self, viewer: Viewer, model: SamModel | str = BUNDLED_NAME, *, cache_root: str | Path | bool | None = None
@@ -89,6 +91,7 @@ class SamSession:
         self._segmenter: Segmenter | None = None
         self._segmenter_for: tuple | None = None
         self._visited: list[tuple[int, ...]] = []
+        self._use(self.model)
 
     def open_sample(self, key: str) -> Image:
         """Open a SAM tune sample ('nuclei', 'polyp', 'em_membranes', 'nuclei_stack') and work on it; its ground
@@ -121,8 +124,8 @@ class SamSession:
         """Replace the prompts with ``points`` (labels 1 positive / 0 negative; default all positive) and ``boxes``
         (row0, col0, row1, col1, with a leading plane for a stack); show and return the preview ``(N, H, W)`` bool.
 
-        For a stack, the view moves to the plane of the first prompt. Grouping into objects is the widget's: each
-        box with the points inside it, the other points one more object.
+        For a stack, the view moves to the plane of the first prompt. Objects as in the widget: each box with the
+        points inside it, and each positive point outside boxes (with the negative points outside boxes).
         """
         image = self._require_image()
         ndim = len(layers.spatial_shape(image))

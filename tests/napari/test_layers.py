@@ -8,18 +8,19 @@ from napari.layers import Image, Labels
 from napari_samtune.services import layers
 
 
-def test_boxes_take_the_points_inside_and_free_points_make_one_object():
-    points = np.array([[10.0, 10.0], [12.0, 14.0], [50.0, 50.0], [52.0, 52.0], [90.0, 90.0]])
-    positive = np.array([True, False, True, True, True])
+def test_boxes_take_the_points_inside_and_each_free_positive_point_is_an_object():
+    points = np.array([[10.0, 10.0], [12.0, 14.0], [50.0, 50.0], [52.0, 52.0], [90.0, 90.0], [95, 95], [80, 80]])
+    positive = np.array([True, False, True, True, True, True, False])
     small, large = np.array([0.0, 0.0, 20.0, 20.0]), np.array([0.0, 0.0, 60.0, 60.0])
     prompts = layers.object_prompts(points, positive, [large, small])
-    assert len(prompts) == 3
+    assert len(prompts) == 4
     np.testing.assert_array_equal(prompts[1].points, points[:2])  # the smallest box that holds them
     np.testing.assert_array_equal(prompts[1].labels, [1.0, 0.0])
     np.testing.assert_array_equal(prompts[0].points, points[2:4])
-    np.testing.assert_array_equal(prompts[2].points, points[4:])
-    np.testing.assert_array_equal(prompts[2].labels, [1.0])
-    assert prompts[2].box is None
+    for prompt, point in zip(prompts[2:], points[4:6]):  # one object per free positive point, with free negatives
+        np.testing.assert_array_equal(prompt.points, [point, points[6]])
+        np.testing.assert_array_equal(prompt.labels, [1.0, 0.0])
+        assert prompt.box is None
 
 
 def test_negative_points_alone_make_no_object():

@@ -84,7 +84,7 @@ class FineTuneWidget(Container):
             tooltip="Segment the chosen image without prompts with the fine-tuned model, into a new labels layer: "
             "classes after BLO prompt learning, every object found from a grid of clicks after the other methods",
         )
-        self._adapter_file = FileEdit(name="adapter_file", mode="w", filter="*.pt", nullable=True)
+        self._adapter_file = FileEdit(name="adapter_file", mode="w", filter="*.samtune *.pt", nullable=True)
         self._save = PushButton(name="save_adapter", text="Save adapter", enabled=False)
         pair_buttons = Container(
             name="pair_buttons", widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False

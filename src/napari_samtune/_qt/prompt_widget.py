@@ -41,8 +41,9 @@ class PromptWidget(Container):
     """Segment the chosen image from prompts on the current slice and commit the objects as new labels.
 
     Points on 'prompts' (t or n toggles positive/negative) and rectangles on 'boxes' are the prompts: each box is
-    one object with the points inside it, the remaining points one more object. 'preview' shows the objects; Commit
-    adds them to 'segmentation' (one undo step).
+    one object with the points inside it, and each positive point outside boxes one more object (negative points
+    outside boxes apply to all of those). 'preview' shows the objects; Commit adds them to 'segmentation' (one undo
+    step).
     """
 
     def __init__(self, viewer: Viewer) -> None:
@@ -62,7 +63,7 @@ class PromptWidget(Container):
             nullable=True,
             tooltip="A SAM checkpoint; with an adapter, only needed when its base model was a checkpoint file",
         )
-        self._adapter = FileEdit(name="adapter", filter="*.pt", visible=False, nullable=True)
+        self._adapter = FileEdit(name="adapter", filter="*.samtune *.pt", visible=False, nullable=True)
         self._state = Label(name="embeddings")
         self._encode = PushButton(
             name="encode",
@@ -76,7 +77,8 @@ class PromptWidget(Container):
             name="segment",
             text="Segment",
             tooltip="Preview the objects prompted on the current slice (encodes it first if needed). Click points "
-            "on 'prompts' (t or n: toggle positive/negative), draw rectangles on 'boxes'",
+            "on 'prompts' (t or n: toggle positive/negative), draw rectangles on 'boxes': one object per box, and "
+            "per positive point outside boxes",
         )
         self._commit = PushButton(
             name="commit",

@@ -127,8 +127,8 @@ def object_prompts(points: np.ndarray, positive: np.ndarray, boxes: Sequence[np.
     """Group the prompts of one plane into objects.
 
     points: ``(K, 2)`` (row, col); positive: ``(K,)`` bool; boxes: ``(4,)`` arrays (row0, col0, row1, col1).
-    Each box is one object, refined by the points inside it (the smallest box when boxes overlap); the points in no
-    box form one more object when at least one of them is positive.
+    Each box is one object, refined by the points inside it (the smallest box when boxes overlap); each positive
+    point in no box is one more object, with every negative point in no box (they keep all such objects out).
     """
     owner = np.full(len(points), -1)
     if len(boxes) and len(points):
@@ -143,8 +143,11 @@ def object_prompts(points: np.ndarray, positive: np.ndarray, boxes: Sequence[np.
         mine = owner == i
         prompts.append(ObjectPrompt(points[mine] if mine.any() else None, labels[mine] if mine.any() else None, box))
     free = owner == -1
-    if positive[free].any():
-        prompts.append(ObjectPrompt(points=points[free], labels=labels[free]))
+    negative = points[free & ~positive]
+    for point in points[free & positive]:
+        prompts.append(
+            ObjectPrompt(points=np.concatenate([point[None], negative]), labels=np.r_[1.0, np.zeros(len(negative))])
+        )
     return prompts
 
 
