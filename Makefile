@@ -10,6 +10,7 @@ APT_PACKAGES := xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libxcb-xkb1
 LINT_PATHS := src tests benchmarks scripts
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 
 .PHONY: setup system-deps test demo lint bench clean
 
@@ -37,8 +38,10 @@ test: setup lint
 	$(VENV)/bin/npe2 validate --imports napari-samtune
 	OMP_NUM_THREADS=2 $(PY) -m pytest -p xvfb
 
+# The demo drives a napari window: on a machine without a display it runs on a virtual one (Xvfb).
 demo: setup
-	OMP_NUM_THREADS=2 $(PY) -m napari_samtune.demo --output demo_output
+	if [ -n "$$DISPLAY" ]; then OMP_NUM_THREADS=2 $(PY) -m napari_samtune.demo --output demo_output; \
+	else OMP_NUM_THREADS=2 $(XVFB) $(PY) -m napari_samtune.demo --output demo_output; fi
 
 bench: setup
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
