@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from napari_samtune.core.pretraining import PretrainConfig, build_pool, pretrain, sample_batch
@@ -59,3 +60,26 @@ def test_changed_config_refuses_to_resume(tmp_path):
         assert "another config" in str(error)
     else:
         raise AssertionError("resuming with another config must fail")
+
+
+def test_an_amendment_resumes_only_from_before_it_takes_effect(tmp_path):
+    """A run written before ``iou_boost`` existed resumes under a boost that starts at or after its step."""
+    plain = PretrainConfig(**{**CONFIG.__dict__, "iou_boost": None})
+    _run_with(plain, tmp_path, max_steps=4)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["iou_boost"]  # as written by the recipe before the amendment
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    too_early = PretrainConfig(**{**CONFIG.__dict__, "iou_boost": (2, 5.0)})
+    with pytest.raises(ValueError, match="another config"):
+        list(pretrain(too_early, tmp_path))
+    boosted = PretrainConfig(**{**CONFIG.__dict__, "iou_boost": (4, 5.0)})
+    resumed = list(pretrain(boosted, tmp_path, max_steps=2))
+    assert [e["step"] for e in resumed] == [5, 6]
+    # the boost changes the loss from its step on, and nothing before it
+    straight = _run_with(plain, tmp_path / "plain", max_steps=6)
+    assert resumed[0]["loss"] != straight[4]["loss"]
+    assert boosted.iou_weight_at(3) == 1.0 and boosted.iou_weight_at(4) == 5.0
+
+
+def _run_with(config, folder, **kwargs) -> list[dict]:
+    return list(pretrain(config, folder, **kwargs))

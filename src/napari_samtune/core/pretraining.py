@@ -25,6 +25,8 @@ from .models.architecture import SMALL_ARCHITECTURE, SamArchitecture, build_sam
 from .training.prompts import interior_point, jittered_box, mask_box, random_click
 from .training.session_loss import session_loss
 
+IOU_BOOST_STEP = 1624  # the step at which the run was amended (see ``PretrainConfig.iou_boost``)
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -47,6 +49,14 @@ class PretrainConfig:
     min_object_area: int = 20
     loss_size: int = 128  # losses on 128² (soft targets by area): 25x cheaper than 256² and keeps small nuclei
     architecture: dict = field(default_factory=SMALL_ARCHITECTURE.to_dict)
+    # Amendment made during the run (session 2, see the model card): at step 1,624 the IoU head had collapsed to a
+    # near-constant prediction (std 0.01 over nuclei clicks, so the multimask choice always took the same, worst,
+    # candidate). From ``iou_boost[0]`` on, the IoU head's MSE is weighted ``iou_boost[1]`` instead of 1. Steps before
+    # it are unchanged, so a fresh run with this config still reproduces the shipped weights exactly.
+    iou_boost: tuple[int, float] | None = (IOU_BOOST_STEP, 5.0)
+
+    def iou_weight_at(self, step: int) -> float:
+        return self.iou_boost[1] if self.iou_boost is not None and step >= self.iou_boost[0] else 1.0
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -165,6 +175,7 @@ def training_step(sam, batch: Batch, config: PretrainConfig, step: int) -> dict[
         batch.is_click,
         rounds,
         config.loss_size,
+        iou_weight=config.iou_weight_at(step),
     )
     total.backward()
     parts["loss"] = float(total.detach())
@@ -209,7 +220,7 @@ def pretrain(
     state = {"step": 0, "cpu_s": 0.0, "wall_s": 0.0}
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["config"] != _config_dict(config):
+        if not _compatible(ckpt["config"], _config_dict(config), ckpt["state"]["step"]):
             raise ValueError(f"{ckpt_path} was written with another config; use a new run folder or the same config")
         sam.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -259,6 +270,15 @@ def _evaluate(evaluate, sam, step: int) -> dict:
         result = evaluate(sam, step)
     sam.train()
     return result
+
+
+def _compatible(saved: dict, current: dict, step: int) -> bool:
+    """Whether a checkpoint of ``saved`` config at ``step`` resumes under ``current``: the same settings, except
+    settings added later (an amendment such as ``iou_boost``) that change nothing before ``step``."""
+    if any(saved.get(k) != v for k, v in current.items() if k in saved) or set(saved) - set(current):
+        return False
+    boost = current.get("iou_boost")
+    return "iou_boost" in saved or boost is None or boost[0] >= step
 
 
 def _config_dict(config: PretrainConfig) -> dict:

@@ -28,12 +28,14 @@ def session_loss(
     corrective_rounds: int,
     loss_size: int,
     weight: torch.Tensor | None = None,
+    iou_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss over ``1 + corrective_rounds`` rounds for N objects.
 
-    embeddings: ``(N, C, h, w)`` one per object; masks ``(N, S, S)`` bool targets in the encoder-input frame;
-    prompts in that frame as (x, y) (see ``pack_prompts``); weight: optional ``(N, 1, S, S)`` pixel weights (0 on
-    padding). Losses are computed at ``loss_size``² (targets averaged by area). Returns the total and its parts.
+        embeddings: ``(N, C, h, w)`` one per object; masks ``(N, S, S)`` bool targets in the encoder-input frame;
+        prompts in that frame as (x, y) (see ``pack_prompts``); weight: optional ``(N, 1, S, S)`` pixel weights (0 on
+        padding). Losses are computed at ``loss_size``² (targets averaged by area); ``iou_weight`` weights the IoU head's
+    MSE. Returns the total and its parts.
     """
     target = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[:, None], loss_size)
     w = F.adaptive_avg_pool2d(weight, loss_size) if weight is not None else None
@@ -45,7 +47,11 @@ def session_loss(
     for group, sl in ((click, slice(1, None)), (~click, slice(0, 1))):
         if group.any():
             out = mask_losses(
-                logits[group][:, sl], iou[group][:, sl], target[group], w[group] if w is not None else None
+                logits[group][:, sl],
+                iou[group][:, sl],
+                target[group],
+                w[group] if w is not None else None,
+                iou_weight=iou_weight,
             )
             share = float(group.float().mean())
             total = total + out["total"] * share
@@ -67,7 +73,7 @@ def session_loss(
             point_labels[i] = np.concatenate([old_l, np.array([new_label], np.float32)])
         coords, labels = pack_prompts(points, point_labels, boxes)
         logits, iou = decode(sam, embeddings, image_pe, coords, labels, mask_inputs=chosen[:, None])
-        out = mask_losses(logits[:, :1], iou[:, :1], target, w)
+        out = mask_losses(logits[:, :1], iou[:, :1], target, w, iou_weight=iou_weight)
         total = total + out["total"]
         chosen = logits[:, 0].detach()
         parts["corrective_dice"] = float(out["dice"])
