@@ -3,7 +3,9 @@ keeps to its time budget."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import peft  # noqa: F401  (a one-off import of seconds: not what the budget test measures)
@@ -15,6 +17,7 @@ from napari_samtune.core.training.auto.features import dataset_features, dataset
 from napari_samtune.core.training.auto.knowledge import (
     MetaKnowledgeError,
     fit_meta_knowledge,
+    read_records,
     save_meta_knowledge,
 )
 from napari_samtune.core.training.auto.search import expected_improvement
@@ -26,6 +29,8 @@ from napari_samtune.core.training.interactive import InteractiveSettings
 from napari_samtune.core.training.loop import TrainConfig
 
 from .conftest import make_model
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def discs(n: int = 4, size: int = 64, seed: int = 0) -> TrainingData:
@@ -143,8 +148,10 @@ def fake_records(n: int = 40, seed: int = 0) -> list[dict]:
 
 def test_meta_knowledge_fits_saves_loads_and_leaves_a_data_set_out(tmp_path):
     records = fake_records()
-    meta = fit_meta_knowledge(records, members=2, epochs=150)
+    cut = {**records[0], "curve": [], "cut": True}  # too slow to run: only its costs were measured
+    meta = fit_meta_knowledge([*records, cut], members=2, epochs=150)
     assert meta.info["curves"] == 40 and meta.info["datasets"] == {"set0": 20, "set1": 20}
+    assert meta.info["cost_records"] == 41 and meta.info["tasks"] == {"set0/instances": 20, "set1/instances": 20}
     path = save_meta_knowledge(meta, tmp_path / "meta.npz")
     loaded = load_meta_knowledge(path)
     x = np.stack([fake_input(lr) for lr in (3e-4, 1e-1)])
@@ -178,9 +185,16 @@ def fake_input(lr: float, steps: int = 64) -> np.ndarray:
 def test_the_shipped_meta_knowledge_ranks_a_learning_rate_of_0_1_below_the_default():
     meta = load_meta_knowledge()
     assert "interactive" in meta.methods
-    mean, std = meta.performance.predict(np.stack([fake_input(3e-4), fake_input(1e-1)]))
-    assert mean[1] < mean[0]
-    assert np.all(std > 0)
+    assert meta.info["model"] == "samtune_small" and meta.info["curves"] >= 20  # real curves, not a smoke build
+    # On every task it was built from, and on a made-up one (the discs), for short and long schedules.
+    vectors = [dataset_vector(f) for f in meta.info["task_features"].values()] + [fake_vector()]
+    for vector in vectors:
+        for steps in (16, 64, 256):
+            good, bad = (SearchSpace().default().replace(lr=lr, steps=steps) for lr in (3e-4, 1e-1))
+            x = np.stack([predictor_input(encode(c), vector, steps, [], RUNGS) for c in (good, bad)])
+            mean, std = meta.performance.predict(x)
+            assert mean[1] < mean[0], (steps, vector)
+            assert np.all(std > 0)
 
 
 def test_expected_improvement():
@@ -216,3 +230,29 @@ def test_auto_needs_a_budget_that_fits_something():
         next(fine_tune(make_model(), discs(), "auto"))
     with pytest.raises(ValueError, match="too short"):
         next(fine_tune(make_model(), discs(), "auto", config=TrainConfig(time_budget_s=0.01)))
+
+
+def test_the_meta_knowledge_build_records_runs_once_and_resumes_without_redoing_them(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("build_meta_knowledge", SCRIPTS / "build_meta_knowledge.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    records, output = tmp_path / "records.jsonl", tmp_path / "meta.npz"
+    argv = [
+        "--model", "tiny", "--records", str(records), "--output", str(output), "--kinds", "lesion", "--datasets",
+        "--methods", "blo", "--configs", "1", "--lr-ladder", "1e-1", "--steps", "16", "--images", "3", "--size", "64",
+        "--members", "1", "--epochs", "5",
+    ]  # fmt: skip
+    with pytest.raises(MetaKnowledgeError, match="0 usable learning curves"):
+        build.main([*argv, "--cpu-minutes", "0"])  # no CPU time at all: no run, so nothing to fit
+    assert not read_records(records) and not output.exists()
+    capsys.readouterr()
+    build.main(argv)
+    first = read_records(records)
+    assert [r["config"]["lr"] for r in first] == [3e-4, 1e-1, first[2]["config"]["lr"]]
+    assert {r["task"] for r in first} == {"synthetic-lesion/foreground"}
+    assert all(len(r["curve"]) == RUNGS + 1 or r["diverged"] for r in first)
+    info = load_meta_knowledge(output).info
+    assert info["tasks"] == {"synthetic-lesion/foreground": 3} and info["model_sha256"] == "random-seed0"
+    build.main(argv)  # resumed: everything is recorded already
+    assert "3 already recorded" in capsys.readouterr().out
+    assert read_records(records) == first

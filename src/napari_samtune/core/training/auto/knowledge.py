@@ -36,8 +36,9 @@ class MetaKnowledgeError(ValueError):
 
 @dataclass
 class MetaKnowledge:
-    """Fitted predictors and where they come from. ``info``: space version, base model, the data sets (number of
-    curves each), the methods seen, build date, excluded data sets."""
+    """Fitted predictors and where they come from. ``info``: space version, base model, the data sets and tasks
+    (number of curves each) and each task's dataset meta-features, the methods seen, build date, excluded data
+    sets."""
 
     performance: PerformancePredictor
     cost: CostPredictor
@@ -87,31 +88,29 @@ def fit_meta_knowledge(
     members: int = 5,
     epochs: int = 400,
 ) -> MetaKnowledge:
-    """Fit the predictors on ``records`` of this search space, leaving out the data sets named in ``exclude``."""
+    """Fit the predictors on ``records`` of this search space, leaving out the data sets named in ``exclude``.
+
+    The performance predictor learns from complete curves; the cost predictor from every record with its three
+    costs, including runs cut for being too slow (their costs are what tells the search to avoid them)."""
     version = space_version()
-    usable = []
-    for record in records:
-        if record.get("space_version") != version or record["dataset"] in exclude:
-            continue
-        curve = full_curve(record)
-        if curve is not None:
-            usable.append((record, curve))
+    kept = [r for r in records if r.get("space_version") == version and r["dataset"] not in exclude]
+    usable = [(r, curve) for r in kept if (curve := full_curve(r)) is not None]
     if len(usable) < 2:
         raise MetaKnowledgeError(
             f"only {len(usable)} usable learning curves (search space {version}, excluding {list(exclude)}): "
             "run scripts/build_meta_knowledge.py with more configurations or tasks"
         )
-    inputs, targets, groups, cost_inputs = [], [], [], []
-    seconds: dict[str, list[float]] = {name: [] for name in COSTS}
+    inputs, targets, groups = [], [], []
     for i, (record, curve) in enumerate(usable):
-        config = Configuration(record["config"])
-        data_vector = dataset_vector(record["features"])
-        x, y = curve_examples(config, data_vector, curve)
+        x, y = curve_examples(Configuration(record["config"]), dataset_vector(record["features"]), curve)
         inputs.append(x)
         targets.append(y)
         groups.append(np.full(len(y), i))
+    cost_inputs = []
+    seconds: dict[str, list[float]] = {name: [] for name in COSTS}
+    for record in kept:
         if all(record.get(name) for name in COSTS):  # a run that diverged at once has no step time
-            cost_inputs.append(cost_input(config, data_vector))
+            cost_inputs.append(cost_input(Configuration(record["config"]), dataset_vector(record["features"])))
             for name in COSTS:
                 seconds[name].append(record[name])
     performance = fit_performance(
@@ -124,15 +123,20 @@ def fit_meta_knowledge(
     )
     cost = fit_costs(np.stack(cost_inputs), {k: np.asarray(v) for k, v in seconds.items()})
     datasets: dict[str, int] = {}
+    tasks: dict[str, int] = {}
     for record, _ in usable:
         datasets[record["dataset"]] = datasets.get(record["dataset"], 0) + 1
+        tasks[record["task"]] = tasks.get(record["task"], 0) + 1
     first = usable[0][0]
     info = {
         "space_version": version,
         "dataset_features": list(DATASET_FEATURES),
         "rungs": RUNGS,
         "curves": len(usable),
+        "cost_records": len(cost_inputs),
         "datasets": datasets,
+        "tasks": tasks,
+        "task_features": {r["task"]: r["features"] for r, _ in usable},
         "methods": sorted({r["config"]["method"] for r, _ in usable}),
         "excluded": list(exclude),
         "model": first.get("model", ""),

@@ -12,7 +12,8 @@ curve features: through the curve prefix, which is an input. Dataset shift on th
 
 Cost: ridge regressions of log seconds per training step, per validation and for the setup (model copy, units,
 embeddings) on the configuration and dataset encodings. The search rescales them by observed/predicted ratios on
-the user's machine, which absorbs the hardware difference from the machine that built the meta-data.
+the user's machine, which absorbs the hardware difference from the machine that built the meta-data (whose costs are
+CPU seconds of one thread, see ``scripts/build_meta_knowledge.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 COSTS = ("setup_s", "step_s", "validation_s")
+_MIN_SCALE = 1e-3  # standard deviation below which an input column counts as constant
+_CLIP = 6.0  # standardised inputs are clipped to ±_CLIP
 
 
 @dataclass
@@ -35,7 +38,7 @@ class PerformancePredictor:
 
     def predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation ``(n,)`` of the score for inputs ``(n, width)``."""
-        x = (np.atleast_2d(inputs) - self.mean) / self.scale
+        x = standardise(np.atleast_2d(inputs), self.mean, self.scale)
         means, variances = [], []
         for member in self.layers:
             h = x
@@ -83,7 +86,7 @@ class CostPredictor:
 
     def predict(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Seconds ``(n,)`` of each of ``COSTS`` for inputs ``(n, width)`` (configuration + dataset encoding)."""
-        x = (np.atleast_2d(inputs) - self.mean) / self.scale
+        x = standardise(np.atleast_2d(inputs), self.mean, self.scale)
         x = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1)
         return {name: np.exp(x @ w) for name, w in self.weights.items()}
 
@@ -114,9 +117,8 @@ def fit_performance(
     CPU for a few thousand examples."""
     import torch
 
-    mean = inputs.mean(0)
-    scale = np.where(inputs.std(0) > 1e-6, inputs.std(0), 1.0).astype(np.float32)
-    x_all = torch.from_numpy(((inputs - mean) / scale).astype(np.float32))
+    mean, scale = standardisation(inputs)
+    x_all = torch.from_numpy(standardise(inputs, mean, scale).astype(np.float32))
     y_all = torch.from_numpy(targets.astype(np.float32))
     rng = np.random.default_rng(seed)
     unique = np.unique(groups)
@@ -149,9 +151,8 @@ def fit_performance(
 
 def fit_costs(inputs: np.ndarray, seconds: dict[str, np.ndarray], ridge: float = 1.0) -> CostPredictor:
     """Ridge regression of ``log(seconds[name])`` on standardised ``inputs`` ``(n, width)`` for each of ``COSTS``."""
-    mean = inputs.mean(0)
-    scale = np.where(inputs.std(0) > 1e-6, inputs.std(0), 1.0).astype(np.float32)
-    x = (inputs - mean) / scale
+    mean, scale = standardisation(inputs)
+    x = standardise(inputs, mean, scale)
     x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     penalty = ridge * np.eye(x.shape[1])
     penalty[-1, -1] = 0.0  # the intercept is not shrunk
@@ -160,6 +161,20 @@ def fit_costs(inputs: np.ndarray, seconds: dict[str, np.ndarray], ridge: float =
         y = np.log(np.maximum(seconds[name], 1e-5))
         weights[name] = np.linalg.solve(x.T @ x + penalty, x.T @ y).astype(np.float32)
     return CostPredictor(mean.astype(np.float32), scale, weights)
+
+
+def standardisation(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale ``(width,)`` float32 of the columns of ``inputs``; a column that (nearly) does not vary in the
+    meta-data (e.g. the number of images, when every task had the same) keeps scale 1, so that another value on the
+    user's task is not blown up into a huge input."""
+    std = inputs.std(0)
+    return inputs.mean(0).astype(np.float32), np.where(std > _MIN_SCALE, std, 1.0).astype(np.float32)
+
+
+def standardise(inputs: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(inputs - mean) / scale``, clipped to ±``_CLIP``: a task beyond the range of the meta-data is predicted as one
+    at its edge, not extrapolated without bound."""
+    return np.clip((inputs - mean) / scale, -_CLIP, _CLIP)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

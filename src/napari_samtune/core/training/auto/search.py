@@ -83,18 +83,21 @@ def auto_fine_tune(
     seed: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
     cache_root: str | Path | bool | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Generator[TrainEvent, None, FineTuneResult]:
-    """Search a fine-tuning configuration for ``data`` within ``budget_s`` seconds (wall clock, from this call);
-    yields progress events and returns the best trial's ``FineTuneResult`` (its adapter records the search under
-    ``metrics["auto"]``). ``model`` is not modified. Raises ValueError when not even one trial fits the budget."""
-    started = time.monotonic()
+    """Search a fine-tuning configuration for ``data`` within ``budget_s`` seconds (of ``clock``: wall clock by
+    default; ``time.process_time`` counts this process's CPU seconds, as benchmarks on a shared machine do), from
+    this call; yields progress events and returns the best trial's ``FineTuneResult`` (its adapter records the
+    search under ``metrics["auto"]``). ``model`` is not modified. Raises ValueError when not even one trial fits the
+    budget."""
+    started = clock()
     if budget_s <= 0:
         raise ValueError(f"the time budget must be > 0 seconds, got {budget_s}")
     if settings is not None and not isinstance(settings, AutoSettings):
         raise ValueError(f"method 'auto' takes AutoSettings, got {type(settings).__name__}")
     settings = settings or AutoSettings()
     meta = meta or load_meta_knowledge(settings.meta_path)
-    search = _Search(model, data, budget_s, settings, meta, seed, cache_root, started)
+    search = _Search(model, data, budget_s, settings, meta, seed, cache_root, started, clock)
     return (yield from search.run(should_stop))
 
 
@@ -109,8 +112,10 @@ class _Search:
         seed: int,
         cache_root: str | Path | bool | None,
         started: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model, self.data, self.settings, self.meta = model, data, settings, meta
+        self.clock = clock
         self.seed, self.cache_root = seed, cache_root
         self.budget_s, self.started = budget_s, started
         self.deadline = started + budget_s
@@ -145,7 +150,7 @@ class _Search:
 
     # ------------------------------------------------------------------------------------------------ estimates
     def remaining(self) -> float:
-        return self.deadline - self.reserve - time.monotonic()
+        return self.deadline - self.reserve - self.clock()
 
     def costs(self, index: int) -> dict[str, float]:
         """Expected seconds of setup, step and validation of candidate ``index`` on this machine."""
@@ -233,7 +238,7 @@ class _Search:
         trial = self.trials[index]
         if trial is None:
             self.make_room()
-            trial = Trial(config, self.model, self.data, seed=self.seed, cache_root=self.cache_root)
+            trial = Trial(config, self.model, self.data, seed=self.seed, cache_root=self.cache_root, clock=self.clock)
             trial.predicted = self.costs(index)
             self.trials[index] = trial
         was_new, rungs_before = trial.state == "new", trial.rungs_done
@@ -260,7 +265,7 @@ class _Search:
         if self.should_stop():
             self.cancelled = True
             return False
-        return time.monotonic() + seconds * self.settings.safety <= self.deadline - self.reserve
+        return self.clock() + seconds * self.settings.safety <= self.deadline - self.reserve
 
     def incumbent(self) -> Trial | None:
         held = [t for t in self.trials if t is not None and t.work is not None and t.curve]
@@ -287,7 +292,7 @@ class _Search:
                 trial.release()
 
     def event(self, index: int, trial: Trial, event: TrainEvent) -> TrainEvent:
-        now = time.monotonic()
+        now = self.clock()
         step_s = trial.expected("step_s")
         left = max(0.0, self.deadline - now)
         incumbent = self.incumbent()
@@ -314,7 +319,7 @@ class _Search:
         stopped = "cancelled" if self.cancelled else ("done" if self.exhausted() else "budget")
         summary = {
             "budget_s": self.budget_s,
-            "elapsed_s": time.monotonic() - self.started,
+            "elapsed_s": self.clock() - self.started,
             "goal": self.settings.goal,
             "chosen": dict(incumbent.config),
             "meta_knowledge": {k: self.meta.info.get(k) for k in ("built", "space_version", "curves", "model")},
@@ -334,7 +339,7 @@ class _Search:
         for trial in self.trials:
             if trial is not None and trial is not incumbent:
                 trial.release()
-        return incumbent.package(stopped, time.monotonic() - self.started, {"auto": summary})
+        return incumbent.package(stopped, self.clock() - self.started, {"auto": summary})
 
     def exhausted(self) -> bool:
         return all(t is not None and not t.resumable for t in self.trials)

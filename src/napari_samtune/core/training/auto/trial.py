@@ -30,6 +30,8 @@ class Trial:
     state: "new" (not set up), "paused" (between rungs, resumable), "done" (schedule finished), "stopped"
     (diverged, cut by the budget or released: not resumable). curve: validation scores at rungs 0..k−1.
     predicted: seconds of "setup_s", "step_s", "validation_s" expected before they are observed (set by the search).
+    clock: what costs are measured with (wall clock; ``time.process_time`` measures the CPU seconds of a
+    single-threaded process, unaffected by other processes on a shared machine, as the meta-knowledge build does).
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class Trial:
         *,
         seed: int = 0,
         cache_root: str | Path | bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.method, self.settings, self.train_config = config.to_settings(seed)
         self.model, self.data, self.cache_root = model, data, cache_root
         self.state = "new"
@@ -112,7 +116,7 @@ class Trial:
             if not may_run(expected):
                 self.stop("budget")
                 return
-            started = time.monotonic()
+            started = self.clock()
             try:
                 event = next(self._generator)
             except StopIteration:
@@ -122,7 +126,7 @@ class Trial:
                 self.note = str(error)
                 self.stop("diverged")
                 return
-            seconds = time.monotonic() - started
+            seconds = self.clock() - started
             self.steps_done = event.step
             if event.validation is None:
                 self._step_times.append(seconds)
@@ -134,16 +138,16 @@ class Trial:
             self._finish_generator()
 
     def _set_up(self) -> Iterator[TrainEvent]:
-        started = time.monotonic()
+        started = self.clock()
         method_cls = METHODS[self.method][1]
         self.work = self.model.copy()
         self.runner = method_cls(self.work, self.data, self.settings, cache_root=self.cache_root)
         self._params = [p for level in self.runner.levels() for p in level.params]
-        self.setup_s = time.monotonic() - started
+        self.setup_s = self.clock() - started
         self._generator = run_training(self.runner, self.train_config, device=self.work.device)
-        started = time.monotonic()
+        started = self.clock()
         event = next(self._generator)  # the initial validation
-        self._validation_times.append(time.monotonic() - started)
+        self._validation_times.append(self.clock() - started)
         self.state = "paused"
         self._observe(event)
         yield event
