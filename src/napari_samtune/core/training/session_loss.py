@@ -32,9 +32,9 @@ def session_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss over ``1 + corrective_rounds`` rounds for N objects.
 
-        embeddings: ``(N, C, h, w)`` one per object; masks ``(N, S, S)`` bool targets in the encoder-input frame;
-        prompts in that frame as (x, y) (see ``pack_prompts``); weight: optional ``(N, 1, S, S)`` pixel weights (0 on
-        padding). Losses are computed at ``loss_size``² (targets averaged by area); ``iou_weight`` weights the IoU head's
+    embeddings: ``(N, C, h, w)`` one per object; masks ``(N, S, S)`` bool targets in the encoder-input frame;
+    prompts in that frame as (x, y) (see ``pack_prompts``); weight: optional ``(N, 1, S, S)`` pixel weights (0 on
+    padding). Losses are computed at ``loss_size``² (targets averaged by area); ``iou_weight`` weights the IoU head's
     MSE. Returns the total and its parts.
     """
     target = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[:, None], loss_size)
