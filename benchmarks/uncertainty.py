@@ -4,12 +4,18 @@ Per object of a held-out split: one click at the object's interior point; each s
 the pixels of the object's box enlarged by half its size on each side (so easy far background does not dominate):
 AUROC of U for "the predicted mask is wrong here", and the expected calibration error (10 bins) of the probability.
 The refinement head is trained on the training split of the same set (never on test objects).
+
+    python benchmarks/uncertainty.py                 # 12 training images for the head, 15 test images per set
+    python benchmarks/uncertainty.py --quick         # 4 and 5 images, 4 objects each, a shorter head training
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,29 +99,44 @@ def evaluate(segmenter, pairs, instances, min_area, per_image, refiner, sources)
     out = {}
     for source, (u, w) in collected.items():
         out[source] = {"auroc": auroc(np.concatenate(u), np.concatenate(w))}
-    out["_calibration"] = {"ece": ece(np.concatenate(probs), np.concatenate(truths).astype(float))}
+    out["_calibration"] = {
+        "ece": ece(np.concatenate(probs), np.concatenate(truths).astype(float)),
+        "objects": len(probs),
+    }
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-image", type=int, default=6, help="objects per image at most")
+    parser.add_argument("--per-image", type=int, default=None, help="objects per image at most (default 6, quick 4)")
+    parser.add_argument("--quick", action="store_true", help="fewer images and objects (about 3 minutes)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     add_common_arguments(parser)
     args = parser.parse_args()
     set_threads(args.threads)
+    n_train, n_test, head_steps = (4, 5, 100) if args.quick else (12, 15, 200)
+    per_image = args.per_image or (4 if args.quick else 6)
     model = load_model("samtune_small", device="cpu")
-    segmenter = Segmenter(model, cache_root=False)
+    # A throw-away disk cache: the test-time augmentation views of an image are then encoded once, not per object.
+    cache = tempfile.TemporaryDirectory()
+    segmenter = Segmenter(model, cache_root=cache.name)
     sets = {"nuclei": ("dsb2018_fluo_nuclei", True, 20), "polyps": ("kvasir_seg_polyps_256", False, 100)}
-    best = {}
-    print(f"{'set':<8} " + " ".join(f"{s:>11}" for s in SOURCES) + f" {'ECE':>7}")
+    print(f"model: {model.name} {model.metadata}")
+    print(f"head trained on {n_train} images ({head_steps} steps); {n_test} test images, {per_image} objects each")
+    best, results, t0 = {}, {}, time.perf_counter()
+    print(f"{'set':<8} {'objects':>7} " + " ".join(f"{s:>11}" for s in SOURCES) + f" {'ECE':>7}")
     for name, (folder, instances, min_area) in sets.items():
         train, test = split_pairs(load_pairs(data_folder(folder), limit=args.limit), test_fraction=0.3, seed=0)
-        examples = refinement_examples(segmenter, train[:12], instances, min_area, args.per_image)
-        refiner = train_refinement(examples, steps=200)
-        scores = evaluate(segmenter, test[:15], instances, min_area, args.per_image, refiner, SOURCES)
+        examples = refinement_examples(segmenter, train[:n_train], instances, min_area, per_image)
+        refiner = train_refinement(examples, steps=head_steps)
+        scores = evaluate(segmenter, test[:n_test], instances, min_area, per_image, refiner, SOURCES)
         row = " ".join(f"{scores[s]['auroc']:>11.3f}" for s in SOURCES)
-        print(f"{name:<8} {row} {scores['_calibration']['ece']:>7.3f}")
+        print(f"{name:<8} {scores['_calibration']['objects']:>7} {row} {scores['_calibration']['ece']:>7.3f}")
         best[name] = max((scores[s]["auroc"], s) for s in SOURCES)
+        results[name] = {"auroc": {s: scores[s]["auroc"] for s in SOURCES}, **scores["_calibration"]}
+    print(f"ran in {(time.perf_counter() - t0) / 60:.1f} min ({time.process_time() / 60:.1f} CPU min)")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model.name, "metadata": model.metadata, **results}, indent=2))
     for name, (value, source) in best.items():
         print(f"best source on {name}: {source}")
         print(target(f"{name}_best_uncertainty_auroc", value, ">=", 0.80))

@@ -136,10 +136,13 @@ def _transform_prompt(prompt: ObjectPrompt, name: str, shape: tuple[int, int]) -
 def _tta_probabilities(predictor: Predictor, store: EmbeddingStore, prompt: ObjectPrompt, plane: int) -> list:
     shape = store.volume.plane_shape
     raw = store.volume.planes[plane]
+    # The views are cached where the image's own embeddings are (a folder, or nowhere for a memory-only store): another
+    # object on the same image, or the same one again, then costs decoder passes only.
+    cache_root = store.path.parent if store.path is not None else False
     out = []
     for name, (forward, inverse) in _TRANSFORMS.items():
         volume = Volume(np.ascontiguousarray(forward(raw))[None], store.volume.low, store.volume.high, False)
-        view = EmbeddingStore(store.model, volume, tiling=store.tiling, cache_root=False)
+        view = EmbeddingStore(store.model, volume, tiling=store.tiling, cache_root=cache_root)
         pred = predictor.predict(view.plane(0), [_transform_prompt(prompt, name, shape)], return_logits=True)
         out.append(np.ascontiguousarray(inverse(sigmoid(pred.logits[0]))))
     return out
