@@ -17,6 +17,7 @@ from tests.core.conftest import TINY, make_model
 from .conftest import open_prompt_widget
 
 WIDGET = "Fine-tune on current layers"
+PROMPT_WIDGET = "Segment with prompts"
 PROMPT = [ObjectPrompt(points=np.array([[20.0, 20.0]]), labels=np.ones(1))]
 
 
@@ -89,6 +90,18 @@ def test_fine_tune_makes_the_adapted_model_the_prompt_widgets(make_napari_viewer
     new = segmenter.segment(prompts, return_logits=True).logits
     assert not np.allclose(new, logits(before, image.data))  # the prompt widget now predicts differently
     np.testing.assert_allclose(new, logits(result.model, image.data), atol=1e-5)
+
+
+def test_a_prompt_widget_opened_after_a_fine_tune_uses_the_adapted_model(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = add_discs(viewer)
+    widget = open_finetune_widget(viewer, image, labels, steps=2)
+    widget.set_model(make_model())
+    widget.fine_tune.native.click()
+    assert widget.result is not None and not widget.result.cancelled
+
+    _, prompt = viewer.window.add_plugin_dock_widget("napari-samtune", PROMPT_WIDGET)
+    assert prompt.loaded_model is widget.result.model
 
 
 def test_cancel_keeps_the_model_and_every_layer_while_the_gui_stays_responsive(make_napari_viewer, qtbot, monkeypatch):

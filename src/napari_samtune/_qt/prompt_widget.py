@@ -119,6 +119,8 @@ class PromptWidget(Container):
         self._clear.clicked.connect(self._on_clear)
         self._connections.listen(viewer.dims.events.current_step, self._on_prompts)
         self._on_image()
+        if (adapted := adapted_model(viewer)) is not None:  # opened after a fine-tune: use what it produced
+            self.set_model(adapted)
 
     def set_model(self, model: SamModel) -> None:
         """Use the loaded ``model`` for the current model choice instead of loading it (scripts, tests)."""
@@ -358,3 +360,13 @@ class PromptWidget(Container):
 def prompt_widgets(viewer: Viewer) -> list[PromptWidget]:
     """The prompt widgets docked in ``viewer``'s window (other widgets hand them models and read their prompts)."""
     return [widget for widget in viewer.window.dock_widgets.values() if isinstance(widget, PromptWidget)]
+
+
+def adapted_model(viewer: Viewer) -> SamModel | None:
+    """The model of the last successful fine-tune in ``viewer``'s window, if a fine-tune widget holds one."""
+    from .finetune_widget import FineTuneWidget  # imports this module
+
+    for widget in viewer.window.dock_widgets.values():
+        if isinstance(widget, FineTuneWidget) and widget.result is not None:
+            return widget.result.model
+    return None
