@@ -206,7 +206,7 @@ def test_expected_improvement():
 
 def test_the_search_keeps_to_a_short_budget_and_returns_the_best_trial():
     budget = 8.0
-    settings = AutoSettings(candidates=8, initial=2, max_live=2)
+    settings = AutoSettings(candidates=8, initial=2, max_live=2, min_search_steps=0)
     started = time.monotonic()
     run = fine_tune(make_model(), discs(), "auto", settings, TrainConfig(time_budget_s=budget), cache_root=False)
     events = []
@@ -223,6 +223,28 @@ def test_the_search_keeps_to_a_short_budget_and_returns_the_best_trial():
     started_trials = [t for t in auto["trials"] if t["curve"]]
     assert started_trials and result.training.best_validation == max(t["best"] for t in started_trials)
     assert result.adapter.method == auto["chosen"]["method"]
+
+
+def test_a_budget_too_short_to_search_trains_the_default_configuration_for_all_of_it():
+    budget = 6.0
+    settings = AutoSettings(candidates=8, min_search_steps=10**6)
+    started = time.monotonic()
+    run = fine_tune(make_model(), discs(), "auto", settings, TrainConfig(time_budget_s=budget), cache_root=False)
+    try:
+        while True:
+            next(run)
+    except StopIteration as stop:
+        result = stop.value
+    elapsed = time.monotonic() - started
+    auto = result.adapter.metrics["auto"]
+    assert auto["searched"] is False and len(auto["trials"]) == 1
+    (trial,) = auto["trials"]
+    assert trial["config"] == dict(SearchSpace().default().replace(steps=trial["config"]["steps"]))
+    assert result.training.steps == trial["steps"] > 0 and result.training.stopped in ("budget", "done")
+    if result.training.stopped == "budget":  # trained for the whole budget, not for a share of it, and no longer
+        assert 0.8 * budget <= elapsed <= budget * 1.05 + 0.5
+    else:
+        assert result.training.steps == trial["config"]["steps"]
 
 
 def test_auto_needs_a_budget_that_fits_something():

@@ -8,6 +8,9 @@ retraining).
    improvement over the best validation so far, at the furthest rung it can reach in the remaining budget, divided
    by the predicted seconds to get there; the best one is advanced by one rung. Paused trials resume from their
    state (``trial.Trial``): nothing is trained twice.
+   When the budget affords the default configuration fewer than ``min_search_steps`` steps (predicted), there is
+   no search: a trial costs steps the default needs, and the predictors cannot tell a handful of steps apart; the
+   default then trains for the whole budget.
 4. The budget is never overrun by plan: an option is only taken when its predicted cost (times ``safety``) fits in
    what remains, and each step is checked again before it runs (a trial is cut mid-rung rather than run past the
    end). Predicted costs are rescaled by the observed/predicted ratios on this machine.
@@ -21,14 +24,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ...models.registry import SamModel
 from ..data import TrainingData
-from ..fine_tune import METHODS, FineTuneResult
+from ..fine_tune import METHODS, FineTuneResult, fine_tune
 from ..loop import TrainEvent
 from .features import dataset_features, dataset_vector, predictor_input
 from .knowledge import MetaKnowledge, cost_input, load_meta_knowledge
@@ -51,7 +54,8 @@ class AutoSettings:
     methods compared all validate with the goal's metric. candidates: configurations considered (the default
     included); initial: started first, ranked by the predictor; max_live: trials holding a model copy at a time;
     schedule_fraction: share of the remaining budget a trial's schedule is sized to; safety: factor on predicted
-    costs before checking they fit; meta_path: meta-knowledge file (None: the one shipped with the package).
+    costs before checking they fit; min_search_steps: below this many predicted default steps in the budget, train
+    the default alone (0: always search); meta_path: meta-knowledge file (None: the one shipped with the package).
     """
 
     goal: str = "interactive"
@@ -60,6 +64,7 @@ class AutoSettings:
     max_live: int = 3
     schedule_fraction: float = 0.5
     safety: float = 1.15
+    min_search_steps: int = 48
     meta_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -71,6 +76,8 @@ class AutoSettings:
             raise ValueError(f"initial must be in [1, candidates={self.candidates}], got {self.initial}")
         if not 0 < self.schedule_fraction <= 1 or self.safety < 1:
             raise ValueError("schedule_fraction must be in (0, 1] and safety ≥ 1")
+        if self.min_search_steps < 0:
+            raise ValueError(f"min_search_steps must be ≥ 0, got {self.min_search_steps}")
 
 
 def auto_fine_tune(
@@ -144,6 +151,11 @@ class _Search:
         self.ratios: dict[str, list[float]] = {name: [] for name in raw_costs}
         self.residuals: list[float] = []
         self.base_scores: dict[str, list[float]] = {}
+        self.schedule_fraction = settings.schedule_fraction
+        self.default_steps = self.affordable_steps(0)
+        self.searching = self.default_steps >= settings.min_search_steps
+        if not self.searching:  # too short to search: the default alone, for the whole budget (``default_only``)
+            del self.candidates[1:], self.raw_costs[1:], self.trials[1:]
         self.total_steps = 0
         self.cancelled = False
         self.should_stop: Callable[[], bool] = lambda: False
@@ -164,11 +176,16 @@ class _Search:
             out = {name: v if getattr(trial, name) is None else getattr(trial, name) for name, v in out.items()}
         return out
 
+    def affordable_steps(self, index: int, fraction: float = 1.0) -> int:
+        """Predicted steps of candidate ``index`` in ``fraction`` of the remaining budget (set-up and validations
+        at every rung deducted)."""
+        c = self.costs(index)
+        seconds = fraction * self.remaining() - c["setup_s"] - (RUNGS + 1) * c["validation_s"]
+        return max(0, int(seconds / max(c["step_s"], 1e-6)))
+
     def schedule_steps(self, index: int) -> int:
         """Schedule length for candidate ``index`` if started now: ``schedule_fraction`` of the remaining budget."""
-        c = self.costs(index)
-        seconds = self.settings.schedule_fraction * self.remaining() - c["setup_s"] - (RUNGS + 1) * c["validation_s"]
-        steps = int(seconds / max(c["step_s"], 1e-6)) // RUNGS * RUNGS
+        steps = self.affordable_steps(index, self.schedule_fraction) // RUNGS * RUNGS
         return int(min(max(steps, _MIN_STEPS), _MAX_STEPS))
 
     def predict(
@@ -208,6 +225,8 @@ class _Search:
     # ------------------------------------------------------------------------------------------------ the search
     def run(self, should_stop: Callable[[], bool]) -> Generator[TrainEvent, None, FineTuneResult]:
         self.should_stop = should_stop
+        if not self.searching:
+            return (yield from self.default_only())
         queue = self.initial_order()
         while not self.cancelled:
             if should_stop():
@@ -224,6 +243,71 @@ class _Search:
             choice = queue.pop(0) if queue else max(options, key=lambda i: options[i][0])
             yield from self.advance(choice, options[choice][1])
         return self.finish()
+
+    def default_only(self) -> Generator[TrainEvent, None, FineTuneResult]:
+        """The default configuration trained as ``fine_tune`` trains it, stopped before a step (and the final
+        validation) would pass the deadline."""
+        config = self.candidates[0]
+        method, settings, train_config = config.to_settings(self.seed)
+        costs = self.costs(0)
+        if self.remaining() < (costs["setup_s"] + 2 * costs["validation_s"] + costs["step_s"]) * self.settings.safety:
+            raise self.too_short()
+        cost = {"step_s": costs["step_s"], "validation_s": costs["validation_s"]}  # observed ones replace these
+        last = {"stop": self.clock(), "budget": False}
+
+        def stop() -> bool:  # asked by the loop before each step
+            last["stop"] = now = self.clock()
+            if self.should_stop():
+                self.cancelled = True
+                return True
+            needed = (cost["step_s"] + cost["validation_s"]) * self.settings.safety  # a step, then the last validation
+            last["budget"] = now + needed > self.deadline - self.reserve
+            return last["budget"]
+
+        run = fine_tune(
+            self.model, self.data, method, settings, train_config, should_stop=stop, cache_root=self.cache_root
+        )
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as done:
+                result = done.value
+                break
+            if event.step > 0:
+                seconds = self.clock() - last["stop"]
+                if event.validation is None:
+                    cost["step_s"] = seconds
+                else:
+                    cost["validation_s"] = max(0.0, seconds - cost["step_s"])
+                self.total_steps = event.step
+            yield replace(event, elapsed_s=self.clock() - self.started, note=f"default configuration: {event.note}")
+        stopped = "cancelled" if self.cancelled else ("budget" if last["budget"] else result.training.stopped)
+        training = replace(result.training, stopped=stopped, elapsed_s=self.clock() - self.started)
+        summary = self.summary(config.replace(steps=train_config.steps), result.training.steps, training)
+        result.adapter.metrics.update({"stopped": stopped, "auto": summary})
+        return replace(result, training=training)
+
+    def summary(self, chosen: Configuration, steps: int, training) -> dict:
+        """What the search did, for the adapter's metrics, when only the default configuration ran."""
+        return {
+            "budget_s": self.budget_s,
+            "elapsed_s": self.clock() - self.started,
+            "goal": self.settings.goal,
+            "searched": False,
+            "default_steps_predicted": self.default_steps,
+            "chosen": dict(chosen),
+            "meta_knowledge": {k: self.meta.info.get(k) for k in ("built", "space_version", "curves", "model")},
+            "trials": [
+                {
+                    "config": dict(chosen),
+                    "steps": steps,
+                    "curve": [h["validation"] for h in training.history],
+                    "best": training.best_validation,
+                    "state": "done" if training.stopped == "done" else "stopped",
+                    "note": training.stopped,
+                }
+            ],
+        }
 
     def initial_order(self) -> list[int]:
         """The first ``initial`` candidates to start: the default, then the best predicted at a full schedule."""
@@ -312,15 +396,14 @@ class _Search:
     def finish(self) -> FineTuneResult:
         incumbent = self.incumbent()
         if incumbent is None:
-            raise ValueError(
-                f"a time budget of {self.budget_s:g} s is too short to train any configuration on this data "
-                f"(the quickest needs about {self.quickest_s():.0f} s here): give a larger budget"
-            )
+            raise self.too_short()
         stopped = "cancelled" if self.cancelled else ("done" if self.exhausted() else "budget")
         summary = {
             "budget_s": self.budget_s,
             "elapsed_s": self.clock() - self.started,
             "goal": self.settings.goal,
+            "searched": self.searching,
+            "default_steps_predicted": self.default_steps,
             "chosen": dict(incumbent.config),
             "meta_knowledge": {k: self.meta.info.get(k) for k in ("built", "space_version", "curves", "model")},
             "trials": [
@@ -340,6 +423,12 @@ class _Search:
             if trial is not None and trial is not incumbent:
                 trial.release()
         return incumbent.package(stopped, self.clock() - self.started, {"auto": summary})
+
+    def too_short(self) -> ValueError:
+        return ValueError(
+            f"a time budget of {self.budget_s:g} s is too short to train any configuration on this data "
+            f"(the quickest needs about {self.quickest_s():.0f} s here): give a larger budget"
+        )
 
     def exhausted(self) -> bool:
         return all(t is not None and not t.resumable for t in self.trials)
