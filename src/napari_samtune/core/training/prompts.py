@@ -9,10 +9,22 @@ import numpy as np
 from scipy import ndimage
 
 
+def _deepest(mask: np.ndarray) -> tuple[float, int, int]:
+    """(distance, row, column) of the first maximum (row-major) of the distance to the nearest pixel outside
+    ``mask`` (the image's outside counts as outside); (0, 0, 0) for an empty mask. Computed on the mask's bounding
+    box padded by one pixel, which gives exactly the whole image's transform inside it, at a fraction of the cost."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return 0.0, 0, 0
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dist = ndimage.distance_transform_edt(np.pad(mask[y0:y1, x0:x1], 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    return float(dist[y, x]), int(y + y0), int(x + x0)
+
+
 def interior_point(mask: np.ndarray) -> tuple[float, float]:
     """The pixel farthest from the mask's border (maximum of the distance transform), as (x, y)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    _, y, x = _deepest(mask)
     return float(x), float(y)
 
 
@@ -49,13 +61,10 @@ def corrective_click(pred: np.ndarray, target: np.ndarray) -> tuple[tuple[float,
     Missed object pixels give a positive click (label 1), extra pixels a negative one (label 0); ``None`` when the
     prediction is already exact.
     """
-    missed = target & ~pred
-    extra = pred & ~target
-    d_missed = ndimage.distance_transform_edt(np.pad(missed, 1))[1:-1, 1:-1]
-    d_extra = ndimage.distance_transform_edt(np.pad(extra, 1))[1:-1, 1:-1]
-    if d_missed.max() == 0 and d_extra.max() == 0:
+    missed = _deepest(target & ~pred)
+    extra = _deepest(pred & ~target)
+    if missed[0] == 0 and extra[0] == 0:
         return None
-    positive = d_missed.max() >= d_extra.max()
-    dist = d_missed if positive else d_extra
-    y, x = np.unravel_index(np.argmax(dist), dist.shape)
+    positive = missed[0] >= extra[0]
+    _, y, x = missed if positive else extra
     return (float(x), float(y)), int(positive)
