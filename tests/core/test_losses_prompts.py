@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_samtune.core.training.losses import dice_loss, focal_loss, mask_losses, soft_iou
 from napari_samtune.core.training.prompts import (
@@ -190,3 +191,22 @@ def test_interior_point_is_the_distance_transform_maximum():
     mask = np.zeros((9, 12), bool)
     mask[:7, :7] = True
     assert interior_point(mask) == (3.0, 3.0)
+
+
+def test_clicks_on_the_bounding_box_are_exactly_those_of_the_whole_image_distance_transform():
+    def deepest(mask):  # reference: the transform of the whole (padded) image
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(np.argmax(dist), dist.shape)
+        return dist.max(), (float(x), float(y))
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(4, 48))
+        a, b = (
+            ndimage.binary_dilation(rng.random((n, n)) < rng.uniform(0.002, 0.1), iterations=int(rng.integers(0, 3)))
+            for _ in range(2)
+        )
+        assert interior_point(a) == deepest(a)[1]
+        (d_missed, at_missed), (d_extra, at_extra) = deepest(b & ~a), deepest(a & ~b)
+        expected = None if d_missed == d_extra == 0 else (at_missed, 1) if d_missed >= d_extra else (at_extra, 0)
+        assert corrective_click(a, b) == expected
