@@ -1,7 +1,7 @@
 """Ablations of semi- and weakly supervised adaptation: SUM and WeSAM on real data, with few labels.
 
 Per set: the held-out test split of ``benchmarks/uncertainty.py`` (``split_pairs``, 30 %, seed 0); from the training
-split, 4 labeled images (chosen by ``--seed``) and the rest (up to 16; 4 with ``--quick``) unlabeled (SUM) or weakly
+split, 4 labeled images (chosen by ``--seed``) and the rest (up to 10; 4 with ``--quick``) unlabeled (SUM) or weakly
 labeled with the tight box of every ground-truth object (WeSAM). Everything is deterministic for a given seed. Budgets
 are training steps, the same for every variant of a table (printed with the results).
 
@@ -81,7 +81,7 @@ class Budget:
         return sorted({max(1, self.wesam_steps // 4), max(1, self.wesam_steps // 2), self.wesam_steps})
 
 
-DEFAULT = Budget(sum_steps=40, wesam_steps=40, unlabeled=16, test_images=12, objects_per_image=20, wesam_test_images=6)
+DEFAULT = Budget(sum_steps=40, wesam_steps=40, unlabeled=10, test_images=10, objects_per_image=20, wesam_test_images=5)
 QUICK = Budget(sum_steps=8, wesam_steps=6, unlabeled=4, test_images=4, objects_per_image=8, wesam_test_images=3)
 # The same labeled-side settings for all three runs of a set, lighter than the defaults to fit the time limit: 2
 # tiles × 8 objects a step and one corrective click round (a quarter of the default's decoder work). Pseudo-labels
