@@ -440,7 +440,7 @@ def main() -> None:
     model = load_model("samtune_small", device="cpu")
     trained = sum(p.numel() for p in model.sam.mask_decoder.parameters())
     unit = "CPU seconds of this process" if args.clock == "cpu" else "wall seconds"
-    print(f"model: {model.name} {model.metadata} (an interim checkpoint while pretraining goes on: provisional)")
+    print(f"model: {model.name} {model.metadata}")
     print(
         f"sizes: bundled model {n_parameters(model.sam) / 1e6:.2f} M parameters, {trained / 1e6:.2f} M trained (mask "
         f"decoder; BLO adds its prompt tokens); U-Net {n_parameters(SmallUNet(1, 2)) / 1e6:.2f} M, all trained"

@@ -173,7 +173,7 @@ def main() -> None:
     if not records:
         raise SystemExit(f"no meta-knowledge records in {args.records}: run scripts/build_meta_knowledge.py first")
     model = load_model("samtune_small", device="cpu")
-    print(f"model: {model.name} {model.metadata} (interim checkpoint: figures are interim)")
+    print(f"model: {model.name} {model.metadata}")
     print(
         f"ran: budgets {args.budgets} s, sets {args.sets}, seeds {args.seeds}, {args.train_images} training + "
         f"{args.test_images} test images per set, {args.threads} thread(s), budgets in {args.clock} seconds, "
