@@ -224,3 +224,17 @@ def test_cancel_leaves_the_original_model_untouched(data, method):
     assert result.cancelled and result.training.steps == 2
     after = model.sam.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_pseudo_objects_pass_relative_thresholds_when_the_model_never_reaches_the_absolute_ones():
+    logits = torch.full((4, 32, 32), -10.0)
+    for i in range(4):  # four separate squares, certain (stability 1)
+        logits[i, 8 * i : 8 * i + 6, 2:8] = 10.0
+    scores = torch.tensor([0.2, 0.3, 0.4, 0.45])  # a small model's IoU head: never ≥ 0.7
+    valid = torch.ones(32, 32, dtype=torch.bool)
+    common = dict(min_score=0.7, min_stability=0.8, nms_iou=0.7, max_objects=8)
+    assert len(sum_module.mask_proposals(logits, scores, valid, **common)) == 0
+    kept = sum_module.mask_proposals(logits, scores, valid, quantile=0.5, **common)
+    assert kept.tolist() == [3, 2]  # the upper half by score, best first
+    high = torch.tensor([0.75, 0.8, 0.9, 0.95])  # scores above the absolute threshold: it still decides
+    assert sum_module.mask_proposals(logits, high, valid, quantile=0.5, **common).tolist() == [3, 2, 1, 0]

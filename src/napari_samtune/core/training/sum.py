@@ -49,7 +49,9 @@ class SUMSettings(InteractiveSettings):
     weighting: use (1 − U) for loss weights and click sampling (False: plain pseudo-labeling); unlabeled_weight:
     factor on the unlabeled loss; refresh_every: steps after which a unit's pseudo-labels are made again by the
     current model; grid_points: clicks per side of the labelling grid; pred_iou_threshold / stability_threshold /
-    nms_threshold / max_pseudo_objects: which proposals become pseudo-objects (per unit); uncertainty_samples:
+    nms_threshold / max_pseudo_objects: which proposals become pseudo-objects (per unit); relative_quantile: the
+    thresholds are lowered to this quantile of the unit's own proposals when the model's scores never reach them
+    (a small model's IoU head can predict ≤ 0.5 everywhere; None: absolute thresholds only); uncertainty_samples:
     jittered clicks per object ("prompt"); refinement_steps / refinement_examples: training of the refinement head.
     """
 
@@ -63,6 +65,7 @@ class SUMSettings(InteractiveSettings):
     stability_threshold: float = 0.8
     nms_threshold: float = 0.7
     max_pseudo_objects: int = 32
+    relative_quantile: float | None = 0.75
     uncertainty_samples: int = 4
     refinement_steps: int = 150
     refinement_examples: int = 32
@@ -77,6 +80,8 @@ class SUMSettings(InteractiveSettings):
             raise ValueError(f"unlabeled_weight must be ≥ 0, got {self.unlabeled_weight}")
         if self.grid_points < 1 or self.max_pseudo_objects < 1:
             raise ValueError("grid_points and max_pseudo_objects must be ≥ 1")
+        if self.relative_quantile is not None and not 0 <= self.relative_quantile < 1:
+            raise ValueError(f"relative_quantile must be in [0, 1) or None, got {self.relative_quantile}")
 
 
 @dataclass
@@ -143,19 +148,24 @@ def mask_proposals(
     min_stability: float,
     nms_iou: float,
     max_objects: int,
+    quantile: float | None = None,
 ) -> torch.Tensor:
     """Indices of the candidate masks to keep as objects, best predicted IoU first.
 
     logits ``(N, L, L)``, scores ``(N,)`` (predicted IoU), valid ``(L, L)`` bool. A mask is kept when its predicted
     IoU and stability (IoU of the masks thresholded at logit +1 and −1, as in SAM) pass the thresholds, its area is
     at least ``_MIN_AREA`` pixels and at most ``_MAX_AREA_FRACTION`` of the valid area, and no better kept mask
-    overlaps it with IoU above ``nms_iou``.
+    overlaps it with IoU above ``nms_iou``. With ``quantile``, each threshold is at most that quantile of the values
+    of the masks of a usable area (so the best proposals of a model whose scores never reach the thresholds pass).
     """
     masks = (logits > 0) & valid
     area = masks.sum((-2, -1))
     stability = ((logits > 1) & valid).sum((-2, -1)) / ((logits > -1) & valid).sum((-2, -1)).clamp_min(1)
-    ok = (scores > min_score) & (stability > min_stability) & (area >= _MIN_AREA)
-    ok &= area <= _MAX_AREA_FRACTION * valid.sum()
+    sized = (area >= _MIN_AREA) & (area <= _MAX_AREA_FRACTION * valid.sum())
+    if quantile is not None and sized.any():
+        min_score = min(min_score, float(torch.quantile(scores[sized].float(), quantile)))
+        min_stability = min(min_stability, float(torch.quantile(stability[sized].float(), quantile)))
+    ok = (scores >= min_score) & (stability >= min_stability) & sized
     order = torch.nonzero(ok)[:, 0]
     order = order[scores[order].argsort(descending=True)]
     flat = masks[order].flatten(1).float()
@@ -277,6 +287,7 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
             min_stability=s.stability_threshold,
             nms_iou=s.nms_threshold,
             max_objects=s.max_pseudo_objects,
+            quantile=s.relative_quantile,
         )
         if not len(keep):
             empty = np.zeros((0, size, size), np.float32)
