@@ -44,6 +44,9 @@ GOALS: dict[str, tuple[str, ...]] = {
 }
 _MIN_STEPS, _MAX_STEPS = 2 * RUNGS, 8000
 _OFFSET_PRIOR = 3.0  # residuals needed before the online correction counts fully (shrinkage)
+# Until a trial has run a step its costs are predictions, which can be several times too low (a LoRA step re-encodes
+# the images): its set-up, first validation and first step need this many times their predicted seconds left.
+_UNSEEN = 3.0
 
 
 @dataclass(frozen=True)
@@ -327,7 +330,7 @@ class _Search:
             self.trials[index] = trial
         was_new, rungs_before = trial.state == "new", trial.rungs_done
         prediction = None if was_new else self.predict(trial.config, trial.curve, rungs_before + 1, False)[0]
-        for event in trial.advance(self.may_run):
+        for event in trial.advance(lambda seconds: self.may_run(seconds * (1.0 if trial.step_s else _UNSEEN))):
             if event.step > 0:
                 self.total_steps += 1
             yield self.event(index, trial, event)
