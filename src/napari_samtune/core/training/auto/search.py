@@ -286,30 +286,30 @@ class _Search:
             yield replace(event, elapsed_s=self.clock() - self.started, note=f"default configuration: {event.note}")
         stopped = "cancelled" if self.cancelled else ("budget" if last["budget"] else result.training.stopped)
         training = replace(result.training, stopped=stopped, elapsed_s=self.clock() - self.started)
-        summary = self.summary(config.replace(steps=train_config.steps), result.training.steps, training)
+        chosen = config.replace(steps=train_config.steps)
+        trial = {
+            "config": dict(chosen),
+            "steps": training.steps,
+            "curve": [h["validation"] for h in training.history],
+            "best": training.best_validation,
+            "state": "done" if training.stopped == "done" else "stopped",
+            "note": training.stopped,
+        }
+        summary = self.summary(chosen, [trial])
         result.adapter.metrics.update({"stopped": stopped, "auto": summary})
         return replace(result, training=training)
 
-    def summary(self, chosen: Configuration, steps: int, training) -> dict:
-        """What the search did, for the adapter's metrics, when only the default configuration ran."""
+    def summary(self, chosen: Configuration, trials: list[dict]) -> dict:
+        """What the search did (``trials``: config, steps, curve, best, state, note of each), for the adapter."""
         return {
             "budget_s": self.budget_s,
             "elapsed_s": self.clock() - self.started,
             "goal": self.settings.goal,
-            "searched": False,
+            "searched": self.searching,
             "default_steps_predicted": self.default_steps,
             "chosen": dict(chosen),
             "meta_knowledge": {k: self.meta.info.get(k) for k in ("built", "space_version", "curves", "model")},
-            "trials": [
-                {
-                    "config": dict(chosen),
-                    "steps": steps,
-                    "curve": [h["validation"] for h in training.history],
-                    "best": training.best_validation,
-                    "state": "done" if training.stopped == "done" else "stopped",
-                    "note": training.stopped,
-                }
-            ],
+            "trials": trials,
         }
 
     def initial_order(self) -> list[int]:
@@ -401,27 +401,19 @@ class _Search:
         if incumbent is None:
             raise self.too_short()
         stopped = "cancelled" if self.cancelled else ("done" if self.exhausted() else "budget")
-        summary = {
-            "budget_s": self.budget_s,
-            "elapsed_s": self.clock() - self.started,
-            "goal": self.settings.goal,
-            "searched": self.searching,
-            "default_steps_predicted": self.default_steps,
-            "chosen": dict(incumbent.config),
-            "meta_knowledge": {k: self.meta.info.get(k) for k in ("built", "space_version", "curves", "model")},
-            "trials": [
-                {
-                    "config": dict(t.config),
-                    "steps": t.steps_done,
-                    "curve": list(t.curve),
-                    "best": t.best if t.curve else None,
-                    "state": t.state,
-                    "note": t.note,
-                }
-                for t in self.trials
-                if t is not None
-            ],
-        }
+        trials = [
+            {
+                "config": dict(t.config),
+                "steps": t.steps_done,
+                "curve": list(t.curve),
+                "best": t.best if t.curve else None,
+                "state": t.state,
+                "note": t.note,
+            }
+            for t in self.trials
+            if t is not None
+        ]
+        summary = self.summary(incumbent.config, trials)
         for trial in self.trials:
             if trial is not None and trial is not incumbent:
                 trial.release()
