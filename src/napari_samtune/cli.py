@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from .core.automatic import InstanceSettings, segment_without_prompts
 from .core.datasets import DatasetError, list_images, load_folder_pairs
 from .core.embeddings import CacheError
 from .core.image import ImageError
-from .core.io import atomic_write
+from .core.io import TIFF_SUFFIXES, OutputError, atomic_write, check_output, read_image
 from .core.models.registry import (
     BUNDLED_NAME,
     MODEL_SOURCES,
@@ -34,7 +35,7 @@ from .core.models.registry import (
     load_model,
 )
 from .core.predictor import PromptError
-from .core.prompt_files import check_fits, label_ids, read_prompts
+from .core.prompt_files import check_fits, label_ids, paint_prompts, read_prompts
 from .core.segmenter import Segmenter
 from .core.training.adapters import AdapterError, apply_adapter, load_adapter, save_adapter
 from .core.training.data import DataError, prepare_training_data
@@ -57,25 +58,8 @@ USER_ERRORS = (
     AdapterError,
     TrainingError,
     UsageError,
+    OutputError,
 )
-TIFF_SUFFIXES = (".tif", ".tiff")
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as an array: TIFF via tifffile (all pages, so stacks stay 3D), anything else via imageio."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image file {path} does not exist")
-    try:
-        if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            return tifffile.imread(path)
-        import imageio.v3 as iio
-
-        return iio.imread(path)
-    except Exception as error:  # each reader raises its own types for unreadable or unsupported files
-        raise ImageError(f"cannot read image {path}: {error}") from error
 
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
@@ -184,6 +168,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """One label id per object of a prompt file, written as a label image the size of the input."""
+    check_output(args.out, inputs=[args.image, args.prompts], overwrite=args.overwrite)
     prompts = read_prompts(args.prompts)
     segmenter = _segmenter(args, _load_model(args), args.image)
     check_fits(prompts, segmenter.n_planes, segmenter.plane_shape)
@@ -192,11 +177,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pass
     ids = label_ids(prompts)
     labels = np.zeros((segmenter.n_planes, *segmenter.plane_shape), np.uint32)
-    for plane in _progress(planes, len(planes), "segmenting"):
-        on_plane = [p for p in prompts if p.plane == plane]
-        masks = segmenter.segment([p.prompt for p in on_plane], plane).masks
-        for p, mask in zip(on_plane, masks):
-            labels[plane][mask] = ids[p.name]  # later objects paint over earlier ones, as in masks_to_labels
+    for _ in _progress(paint_prompts(segmenter, prompts, labels), len(planes), "segmenting"):
+        pass
     write_labels(args.out, labels if segmenter.store.volume.is_stack else labels[0])
     print(f"{len(ids)} object(s) on {len(planes)} plane(s) → {args.out}")
     return 0
@@ -229,6 +211,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UsageError("method 'auto' searches within a time budget: give --budget SECONDS")
     if args.method == "sum" and args.unlabeled is None:
         raise UsageError("method 'sum' also learns from unlabeled images: give --unlabeled FOLDER")
+    sources = [args.checkpoint] if args.checkpoint else []
+    check_output(args.output, inputs=sources, overwrite=args.overwrite, option="--output")
     pairs = load_folder_pairs(args.images, args.labels)
     unlabeled = [read_image(path) for path in list_images(args.unlabeled, "unlabeled")] if args.unlabeled else []
     if args.unlabeled and not unlabeled:
@@ -248,7 +232,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, time_budget_s=args.budget, seed=args.seed)
     run = fine_tune(_load_model(args), data, args.method, config=config, cache_root=args.cache_dir)
     result, events = _train(run)
-    save_adapter(result.adapter, args.output)
+    if result.training.steps == 0:
+        raise UsageError(
+            f"no training step fitted in the budget of {args.budget:g} s ({result.training.stopped}); nothing was "
+            "written: give a larger --budget"
+        )
+    save_adapter(result.adapter, args.output, fallback=cache_dir() / "unsaved adapters")
     losses = [loss for e in events if (loss := _headline_loss(e)) is not None]
     quarter = max(1, len(losses) // 4)
     training = result.training
@@ -270,6 +259,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         outputs = [args.out / f"{path.stem}{args.suffix}" for path in inputs]
     else:
         inputs, outputs = [args.input], [args.out]
+    for out_path in outputs:
+        check_output(out_path, inputs=inputs, overwrite=args.overwrite)
     model = _load_model(args)
     if args.adapter is not None:
         adapter = load_adapter(args.adapter)
@@ -294,7 +285,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         job = segment_without_prompts(segmenter, settings)
         labels = _result_of(job, segmenter.n_planes, f"segmenting {image_path.name}")
         write_labels(out_path, labels)
-        print(f"{image_path} → {out_path}: {len(np.unique(labels[labels > 0]))} label value(s)")
+        found = len(np.unique(labels[labels > 0]))
+        print(f"{image_path} → {out_path}: {found} label value(s)")
+        if found == 0:
+            hint = (
+                "lower --min-score/--min-stability, or fine-tune"
+                if model.prompt_embeddings is None
+                else "the learned prompts found nothing: check the adapter on its training images"
+            )
+            print(f"samtune predict: warning: no object found in {image_path} ({hint})", file=sys.stderr)
     return 0
 
 
@@ -326,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", required=True, type=Path, help="CSV or JSON; columns object,kind,row,col[,row1,col1],label[,plane]"
     )
     segment.add_argument("--out", required=True, type=Path, help="label image to write (.tif, or .png for 2D)")
+    segment.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")
     segment.set_defaults(run=cmd_segment, interrupted="planes already encoded stay cached")
     evaluate = commands.add_parser("evaluate", help="score predicted labels against ground-truth labels")
     evaluate.add_argument("prediction", metavar="PRED_LABELS")
@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labels", type=Path, metavar="LABEL_DIR", help="folder of label images named like the images (any suffix)"
     )
     finetune.add_argument("--output", required=True, type=Path, help="adapter file to write (e.g. nuclei.samtune)")
+    finetune.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     finetune.add_argument(
         "--method",
         default="interactive",
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, type=Path, help="label image to write, or a folder when IMAGE_OR_DIR is a folder"
     )
     predict.add_argument("--adapter", type=Path, help="adapter file from `samtune finetune` for this model")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing label files (never an input)")
     predict.add_argument("--suffix", default=".tif", help="label file type in an output folder (default .tif)")
     defaults = InstanceSettings()
     predict.add_argument(
@@ -413,8 +415,8 @@ def _positive(kind: type) -> Callable[[str], int | float]:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages

@@ -319,7 +319,7 @@ def test_ctrl_c_during_finetune_keeps_the_previous_adapter_file(folders, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "fine_tune", interrupted)
-    assert main(finetune_args(folders, "--steps", "20")) == 130
+    assert main(finetune_args(folders, "--steps", "20", "--overwrite")) == 130
     assert "samtune finetune: interrupted (nothing was written)" in capsys.readouterr().err
     assert folders["adapter"].read_bytes() == b"previous adapter"
     assert [p.name for p in folders["adapter"].parent.iterdir() if p.name.startswith(".cells")] == []

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import read_image
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -15,18 +17,6 @@ class Pair:
     name: str
     image: np.ndarray
     labels: np.ndarray
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as a numpy array (tifffile for TIFF stacks, imageio otherwise)."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    import imageio.v3 as iio
-
-    return np.asarray(iio.imread(path))
 
 
 class DatasetError(FileNotFoundError):

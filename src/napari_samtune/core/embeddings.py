@@ -1,8 +1,10 @@
 """Image embeddings: encode each plane once (tiled when larger than the model input) and cache it on disk in zarr.
 
 A cache store is keyed by the encoder's identity, the image content and the preprocessing/tiling parameters. Each
-plane's embedding is marked done only after it is fully written, so a store left by an interrupted run is completed
-rather than trusted; a store whose key or layout does not match is rebuilt (or refused with ``strict=True``).
+plane's embedding is marked done only after it is fully written, with a checksum of its values, so a store left by an
+interrupted run is completed rather than trusted and a plane whose data changed on disk is encoded again; a store whose
+key or layout does not match is rebuilt (or refused with ``strict=True``). Processes sharing a store take turns
+through a lock file beside it. A cache folder that cannot be written leaves the embeddings in memory, with a warning.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +23,26 @@ import torch
 import torch.nn.functional as F
 
 from .decoder import normalize_pixels
-from .image import Volume
+from .image import ImageError, Volume
 from .models.registry import SamModel, cache_dir
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-plane checksums
+LOCK_TIMEOUT_S = 300.0
 
 
 class CacheError(RuntimeError):
     """An embedding cache that cannot be used; the message names the store and what to do."""
+
+
+class CacheWarning(UserWarning):
+    """The embedding cache could not be used as asked; embeddings stay in memory (the message says why)."""
+
+
+def features_checksum(features: np.ndarray) -> int:
+    """A 63-bit checksum of a plane's features (stored as int64 beside them)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(features, np.float32).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -136,12 +150,22 @@ class EmbeddingStore:
         self.key = self._key()
         self._memory: dict[int, torch.Tensor] = {}
         self._group = None
+        self._lock = None
+        self.path = None
         if cache_root is not False:
-            root = Path(cache_root) if cache_root not in (None, True) else cache_dir() / "embeddings"
-            self.path = root / f"{self.key}.zarr"
-            self._group = self._open(strict)
-        else:
-            self.path = None
+            explicit = cache_root not in (None, True)
+            root = Path(cache_root) if explicit else cache_dir() / "embeddings"
+            self._setting = "--cache-dir (cache_root)" if explicit else "SAMTUNE_CACHE_DIR (or --cache-dir)"
+            try:
+                if str(root).startswith("~"):
+                    raise OSError(f"{root} is not a folder: there is no home directory to put it in")
+                root.mkdir(parents=True, exist_ok=True)
+                self.path = root / f"{self.key}.zarr"
+                self._lock = _file_lock(root / f"{self.key}.zarr.lock")
+                with self._lock:
+                    self._group = self._open(strict)
+            except OSError as error:
+                self._to_memory(root, error)
 
     def _key(self) -> str:
         params = {
@@ -178,6 +202,8 @@ class EmbeddingStore:
                     problem = "its feature array has the wrong shape"
                 elif group["done"][:].shape != (self.volume.n_planes,):
                     problem = "its array of finished planes has the wrong shape"
+                elif group["checksums"][:].shape != (self.volume.n_planes,):
+                    problem = "its array of checksums has the wrong shape"
                 else:
                     return group
             except Exception as error:  # unreadable metadata, missing arrays…
@@ -204,20 +230,49 @@ class EmbeddingStore:
             dtype="float32",
             fill_value=0.0,
         )
+        group.create_array("checksums", shape=(self.volume.n_planes,), dtype="int64", fill_value=0)
         group.create_array("done", shape=(self.volume.n_planes,), dtype="bool", fill_value=False)
         group.attrs.update(self._layout())
         return group
 
+    def _to_memory(self, root: Path, error: OSError) -> None:
+        """Keep embeddings in memory from now on, saying why and which setting picks the cache folder."""
+        reason = error.strerror or str(error)
+        warnings.warn(
+            CacheWarning(
+                f"embedding cache folder {root} cannot be used ({reason}); embeddings are kept in memory only. "
+                f"Set {self._setting} to a writable folder to cache them."
+            ),
+            stacklevel=3,
+        )
+        self._group = None
+        self._lock = None
+
+    def _check_index(self, index: int) -> None:
+        n = self.volume.n_planes
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
+            raise IndexError(f"plane {index!r} does not exist: the image has {n} plane(s), numbered 0 to {n - 1}")
+
+    def _done(self, index: int) -> bool:
+        try:
+            with self._lock:
+                return bool(self._group["done"][index])
+        except OSError as error:
+            self._to_memory(self.path.parent, error)
+            return False
+
     def is_cached(self, index: int) -> bool:
+        self._check_index(index)
         if index in self._memory:
             return True
-        return self._group is not None and bool(self._group["done"][index])
+        return self._group is not None and self._done(index)
 
     def plane(self, index: int) -> PlaneEmbedding:
         """The embedding of plane ``index``, read from the cache or computed (and cached) now."""
+        self._check_index(index)
         if index in self._memory:
             features = self._memory[index]
-        elif self._group is not None and bool(self._group["done"][index]):
+        elif self._group is not None and self._done(index):
             features = self._read(index)
         else:
             features = self._encode(index)
@@ -226,8 +281,13 @@ class EmbeddingStore:
 
     def _read(self, index: int) -> torch.Tensor:
         try:
-            return torch.from_numpy(np.asarray(self._group["features"][index]))
-        except Exception as error:  # a damaged chunk (disk error, a copy cut short): encode it again
+            with self._lock:
+                features = np.asarray(self._group["features"][index])
+                expected = int(self._group["checksums"][index])
+            if features_checksum(features) != expected:
+                raise ValueError("its values do not match the checksum written with them (data changed on disk)")
+            return torch.from_numpy(features)
+        except Exception as error:  # a damaged or missing chunk (disk error, a copy cut short): encode it again
             if self.strict:
                 raise CacheError(
                     f"embedding cache {self.path} is unusable: plane {index} cannot be read ({error}). "
@@ -239,11 +299,27 @@ class EmbeddingStore:
     def _encode(self, index: int) -> torch.Tensor:
         inputs = tile_inputs(self.volume.plane(index), self.tiles, self.scale)
         features = encode_tiles(self.model, inputs, self.batch_size)
+        if not torch.isfinite(features).all():
+            raise ImageError(
+                f"the encoder gave NaN or infinite embeddings for plane {index} (image values mapped from "
+                f"{self.volume.low:.4g}..{self.volume.high:.4g}): rescale the image (e.g. to 0..1) or check the "
+                "model's weights; nothing was cached"
+            )
         if self._group is not None:
-            self._group["features"][index] = features.numpy()
-            self._group["done"][index] = True  # only after the features are fully written
+            self._write(index, features.numpy())
         self._memory = {index: features}  # so that encode_all() without a disk cache is not wasted
         return features
+
+    def _write(self, index: int, features: np.ndarray) -> None:
+        try:
+            with self._lock:
+                self._group["features"][index] = features
+                self._group["checksums"][index] = features_checksum(features)
+                self._group["done"][index] = True  # only after the features are fully written
+        except OSError as error:  # disk full, folder made read-only meanwhile…
+            if self.strict:
+                raise CacheError(f"embedding cache {self.path} cannot be written: {error}") from error
+            self._to_memory(self.path.parent, error)
 
     def encode_all(
         self, planes: list[int] | None = None, should_stop: Callable[[], bool] = lambda: False
@@ -257,3 +333,10 @@ class EmbeddingStore:
             if not cached:
                 self._encode(index)
             yield {"done": i + 1, "total": len(planes), "cached": cached, "plane": index}
+
+
+def _file_lock(path: Path):
+    """An inter-process lock on ``path`` (re-entrant within one store)."""
+    from filelock import FileLock
+
+    return FileLock(str(path), timeout=LOCK_TIMEOUT_S)

@@ -54,9 +54,12 @@ class Volume:
         """Plane ``index`` as ``(H, W, 3)`` float32 in [0, 255]."""
         if not 0 <= index < self.n_planes:
             raise IndexError(f"plane {index} is outside the stack of {self.n_planes} planes")
-        data = np.asarray(self.planes[index], dtype=np.float32)
-        scale = 255.0 / max(self.high - self.low, 1e-12)
-        data = np.clip((data - self.low) * scale, 0.0, 255.0)
+        # float64: values beyond float32's range (e.g. 1e300) would become inf, then NaN embeddings.
+        data = np.asarray(self.planes[index], dtype=np.float64)
+        low, span = self.low, self.high - self.low
+        if not np.isfinite(span):  # e.g. -1e308..1e308: halve everything so that the differences stay finite
+            data, low, span = data / 2, low / 2, self.high / 2 - low / 2
+        data = np.clip((data - low) * (255.0 / max(span, 1e-12)), 0.0, 255.0).astype(np.float32)
         if data.ndim == 2:
             data = np.repeat(data[..., None], 3, axis=-1)
         return data
@@ -107,6 +110,11 @@ def as_volume(
             f"image of shape {image.shape} has {spatial} spatial axes; expected a 2D image (H, W) or a 3D stack "
             "(Z, H, W), optionally with RGB in the last axis or a channel axis given as channel_axis"
         )
+    if not rgb and spatial == 3 and data.shape[-1] < 8 <= min(data.shape[:2]):
+        raise ImageError(
+            f"image of shape {image.shape} looks like a {data.shape[-1]}-channel image (channels in the last axis): "
+            "give channel_axis=-1 (command line: --channel-axis -1), and channel=INDEX to pick one or 'mean'"
+        )
     if min(data.shape[spatial - 2 : spatial]) < 8:
         raise ImageError(f"image of shape {image.shape} is too small to segment (each side needs ≥ 8 pixels)")
     is_stack = spatial == 3
@@ -135,7 +143,7 @@ def _combine_channels(data: np.ndarray, channel_axis: int, channel: Channel) -> 
 def _percentiles(planes: np.ndarray, norm: Normalization) -> tuple[float, float]:
     # Percentiles of a strided subsample: exact enough for a display-like mapping, fast on large stacks.
     step = max(1, int(np.ceil((planes.size / 4_000_000) ** 0.5)))
-    sample = np.asarray(planes[:, ::step, ::step], dtype=np.float32)
+    sample = np.asarray(planes[:, ::step, ::step], dtype=np.float64)
     if np.issubdtype(planes.dtype, np.floating) and not np.isfinite(planes).all():
         raise ImageError("image contains NaN or infinite values; replace them (e.g. np.nan_to_num) before segmenting")
     low, high = np.percentile(sample, [norm.low_percentile, norm.high_percentile])

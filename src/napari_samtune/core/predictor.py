@@ -66,6 +66,9 @@ class Predictor:
     """
 
     max_prepared_tiles = 8
+    # Objects per decoder call: SAM's decoder copies the image embedding once per object, so an unbounded batch
+    # (thousands of clicks) needs gigabytes. Batches of this size give the same masks with bounded memory.
+    max_objects_per_call = 64
 
     def __init__(self, model: SamModel) -> None:
         self.model = model
@@ -123,7 +126,9 @@ class Predictor:
         batches: dict[tuple, list[int]] = {}
         for i, p in enumerate(checked):
             batches.setdefault((tile_of[i], *_layout(p)), []).append(i)
-        for (t, _, has_mask), indices in batches.items():
+        step = self.max_objects_per_call
+        calls = [(key, ids[i : i + step]) for key, ids in batches.items() for i in range(0, len(ids), step)]
+        for (t, _, has_mask), indices in calls:
             members = np.array(indices)
             r0, c0, r1, c1 = embedding.tiles[t]
             frame = _Frame(r0, c0, embedding.scale)

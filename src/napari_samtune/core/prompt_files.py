@@ -19,13 +19,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .predictor import ObjectPrompt, PromptError
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
 
 COLUMNS = "object,kind,row,col[,row1,col1],label[,plane]"
 _LABELS = {"1": 1, "0": 0, "positive": 1, "negative": 0}
@@ -153,6 +157,23 @@ def label_ids(prompts: list[FilePrompt]) -> dict[str, int]:
     if all(n.isdigit() and int(n) > 0 for n in names):
         return {n: int(n) for n in names}
     return {n: i for i, n in enumerate(names, start=1)}
+
+
+def paint_prompts(
+    segmenter: Segmenter, prompts: list[FilePrompt], labels: np.ndarray, batch_size: int = 256
+) -> Iterator[int]:
+    """Segment every prompt and paint its object's id into ``labels`` ``(Z, H, W)``, plane by plane; yields each
+    plane when done. Objects are segmented ``batch_size`` at a time, so memory stays bounded however many objects
+    the file holds; later objects paint over earlier ones, as in ``masks_to_labels``."""
+    ids = label_ids(prompts)
+    for plane in sorted({p.plane for p in prompts}):
+        on_plane = [p for p in prompts if p.plane == plane]
+        for start in range(0, len(on_plane), batch_size):
+            batch = on_plane[start : start + batch_size]
+            masks = segmenter.segment([p.prompt for p in batch], plane).masks
+            for p, mask in zip(batch, masks):
+                labels[plane][mask] = ids[p.name]
+        yield plane
 
 
 def _text(value: object) -> str:

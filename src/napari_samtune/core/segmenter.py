@@ -62,25 +62,42 @@ class Segmenter:
     def plane_shape(self) -> tuple[int, int]:
         return self._store.volume.plane_shape
 
+    def _check_plane(self, plane: int) -> int:
+        n = self.n_planes
+        if isinstance(plane, bool) or not isinstance(plane, (int, np.integer)) or not 0 <= plane < n:
+            kind = "a 2D image has only plane 0" if n == 1 else f"the stack has planes 0 to {n - 1}"
+            raise PromptError(f"plane {plane!r} does not exist: {kind}")
+        return int(plane)
+
     def is_encoded(self, plane: int = 0) -> bool:
-        return self._store.is_cached(plane)
+        return self._store.is_cached(self._check_plane(plane))
 
     def encode(
         self, planes: list[int] | None = None, should_stop: Callable[[], bool] = lambda: False
     ) -> Iterator[dict]:
         """Encode (or read from the cache) the given planes; yields a progress dict per plane."""
+        planes = None if planes is None else [self._check_plane(p) for p in planes]
         yield from self._store.encode_all(planes, should_stop)
 
     def segment(self, prompts: list[ObjectPrompt], plane: int = 0, **kwargs) -> Prediction:
         """One mask per prompt on ``plane`` (see ``Predictor.predict`` for the options)."""
-        return self.predictor.predict(self._store.plane(plane), prompts, **kwargs)
+        return self.predictor.predict(self._store.plane(self._check_plane(plane)), prompts, **kwargs)
 
     def segment_points(self, points: np.ndarray, labels: np.ndarray | None = None, plane: int = 0) -> Prediction:
         """One object per positive point; every negative point is shared by all objects.
 
         points: ``(K, 2)`` (row, col); labels: ``(K,)`` 1 positive / 0 negative (default: all positive).
         """
-        points = np.asarray(points, dtype=float).reshape(-1, 2)
+        points = np.asarray(points, dtype=float)
+        if points.ndim == 1 and points.shape == (2,):
+            points = points[None]
+        if points.ndim != 2 or points.shape[1] != 2:
+            hint = (
+                ": for a point on a stack, pass its (row, col) and plane=INDEX"
+                if points.ndim == 2 and points.shape[1] == 3
+                else ""
+            )
+            raise PromptError(f"points must be an array (K, 2) of (row, col); got shape {points.shape}{hint}")
         labels = np.ones(len(points)) if labels is None else np.asarray(labels).ravel()
         if labels.shape != (len(points),) or not np.isin(labels, (0, 1)).all():
             raise PromptError(
@@ -98,8 +115,20 @@ class Segmenter:
         return self.segment(prompts, plane)
 
     def segment_boxes(self, boxes: np.ndarray, plane: int = 0) -> Prediction:
-        """One object per box ``(row0, col0, row1, col1)``."""
-        return self.segment([ObjectPrompt(box=b) for b in np.asarray(boxes, dtype=float).reshape(-1, 4)], plane)
+        """One object per box: ``(N, 4)`` as (row0, col0, row1, col1), or ``(N, 4, 2)`` corners (row, col) as napari's
+        Shapes layer holds rectangles (their bounding box is used)."""
+        boxes = np.asarray(boxes, dtype=float)
+        if boxes.ndim == 1 or (boxes.ndim == 2 and boxes.shape[1] == 2):
+            boxes = boxes[None]
+        if boxes.ndim == 3 and boxes.shape[1:] == (4, 2):
+            boxes = np.concatenate([boxes.min(axis=1), boxes.max(axis=1)], axis=1)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            hint = ": drop the corners' plane coordinate and pass plane=INDEX" if boxes.shape[-1] == 3 else ""
+            raise PromptError(
+                f"boxes must be (N, 4) as (row0, col0, row1, col1) or (N, 4, 2) corners (row, col); got shape "
+                f"{boxes.shape}{hint}"
+            )
+        return self.segment([ObjectPrompt(box=b) for b in boxes], plane)
 
 
 def masks_to_labels(masks: np.ndarray, labels: np.ndarray | None = None, start: int | None = None) -> np.ndarray:

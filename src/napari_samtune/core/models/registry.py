@@ -107,16 +107,40 @@ class SamModel:
         )
 
 
-def default_device(preferred: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU; ``preferred`` or ``SAMTUNE_DEVICE`` overrides the choice."""
+def default_device(preferred: str | torch.device | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU; ``preferred`` or ``SAMTUNE_DEVICE`` overrides the choice.
+
+    Raises ``ModelError`` for a device name PyTorch does not know or a device this machine does not have.
+    """
     choice = preferred or os.environ.get("SAMTUNE_DEVICE")
     if choice:
-        return torch.device(choice)
+        return check_device(choice, "device" if preferred else "SAMTUNE_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(choice: str | torch.device, setting: str = "device") -> torch.device:
+    """``choice`` as a ``torch.device`` this machine has; ``setting`` names where it came from in the error."""
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"unknown {setting} {str(choice)!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"{setting} {str(choice)!r} asks for a CUDA GPU but PyTorch sees none: use cpu")
+        if device.index is not None and device.index >= count:
+            raise ModelError(f"{setting} {str(choice)!r} does not exist: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelError(f"{setting} {str(choice)!r} asks for Apple's MPS but it is not available here: use cpu")
+    elif device.type != "cpu":
+        raise ModelError(f"{setting} {str(choice)!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def cache_dir() -> Path:
@@ -168,6 +192,13 @@ def fetch_checkpoint(source: ModelSource, folder: Path | None = None) -> Path:
         ) from error
     except Exception as error:  # offline, HTTP error, DNS…
         env = f"SAMTUNE_CHECKPOINT_{source.name.upper()}"
+        kept = folder / source.filename
+        if kept.is_file():  # pooch found a file whose checksum differs and could not fetch a good one
+            raise ModelError(
+                f"the cached {source.name} checkpoint {kept} is corrupt or incomplete (its sha256 is not "
+                f"{source.sha256}) and a fresh copy could not be downloaded ({error}). Delete it and try again "
+                f"online, or pass checkpoint=PATH / set {env}=PATH to a good copy."
+            ) from error
         raise ModelError(
             f"could not download the {source.name} checkpoint {source.filename} from {source.url} ({error}). "
             f"If this machine is offline, copy the file from a machine that has it and pass checkpoint=PATH, set "
@@ -190,7 +221,7 @@ def load_model(
     checkpoint: a local file to use instead of downloading; for official names it is checked against the official
     sha256 when ``verify`` (a fine-tuned full model saved under an official name can pass ``verify=False``).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = default_device(device)
     if name == BUNDLED_NAME and checkpoint is None:
         from .bundled import bundled_model_path, bundled_sha256
 
