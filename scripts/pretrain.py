@@ -4,7 +4,7 @@
     python scripts/pretrain.py --run-dir runs/pretrain --export   # write src/napari_samtune/models/samtune_small.pt
     python scripts/pretrain.py --run-dir runs/pretrain --curve    # the learning curve (markdown) from log.jsonl
 
-The run resumes exactly from runs/pretrain/checkpoint.pt (see napari_samtune.core.pretraining). The budget counts
+The run resumes exactly from runs/pretrain/checkpoint.pt (see napari_samtune.pretraining.recipe). The budget counts
 the training process's CPU time: 3 hours on 2 cores = 21,600 CPU-seconds, whatever the number of threads.
 """
 
@@ -20,23 +20,26 @@ import torch
 
 from napari_samtune.core.models.architecture import SamArchitecture, build_sam
 from napari_samtune.core.models.registry import save_model
-from napari_samtune.core.pretraining import PretrainConfig, pretrain, synthetic_evaluation
+from napari_samtune.pretraining.corpus import load_corpus
+from napari_samtune.pretraining.recipe import RECIPES, corpus_evaluation, pretrain, synthetic_evaluation
 
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_samtune" / "models"
+EXPORT_NAMES = {"v1": "samtune_small_v1", "v2": "samtune_small"}
 
 
-def export(run_dir: Path) -> None:
+def export(run_dir: Path, recipe: str) -> None:
     ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    config = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
-    arch = SamArchitecture.from_dict(config.architecture)
+    arch = SamArchitecture.from_dict(ckpt["config"]["architecture"])
     sam = build_sam(arch)
     sam.load_state_dict(ckpt["model"])
     state = ckpt["state"]
-    out = PACKAGE_MODELS / "samtune_small.pt"
-    sha = save_model(sam, arch, out, half=True, steps=state["step"], cpu_seconds=state["cpu_s"], recipe="pretrain")
-    (PACKAGE_MODELS / "samtune_small.json").write_text(
-        json.dumps({"sha256": sha, "steps": state["step"], "cpu_seconds": state["cpu_s"]}, indent=2) + "\n"
+    name = EXPORT_NAMES[recipe]
+    out = PACKAGE_MODELS / f"{name}.pt"
+    sha = save_model(
+        sam, arch, out, half=True, steps=state["step"], cpu_seconds=state["cpu_s"], recipe=f"pretrain {recipe}"
     )
+    record = {"sha256": sha, "recipe": recipe, "steps": state["step"], "cpu_seconds": state["cpu_s"]}
+    (PACKAGE_MODELS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"exported {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha}) after {state['step']} steps")
 
 
@@ -44,25 +47,25 @@ def learning_curve(run_dir: Path) -> str:
     """Markdown table of the held-out synthetic quality logged at each checkpoint, against training CPU time."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("event") == "checkpoint"]
+    columns = [k for k in rows[-1] if k.endswith("_miou")] if rows else []
     lines = [
-        "| step | CPU-minutes | budget minutes (CPU ÷ 2 cores) | synthetic click mIoU | synthetic box mIoU |",
-        "|---:|---:|---:|---:|---:|",
+        "| step | CPU-minutes | " + " | ".join(c.removesuffix("_miou").replace("_", " ") for c in columns) + " |",
+        "|---:|---:|" + "---:|" * len(columns),
     ]
     for r in rows:
-        lines.append(
-            f"| {r['step']} | {r['cpu_s'] / 60:.0f} | {r['cpu_s'] / 120:.0f} | {r['synthetic_click_miou']:.3f} | "
-            f"{r['synthetic_box_miou']:.3f} |"
-        )
+        values = " | ".join(f"{r[c]:.3f}" if c in r else "" for c in columns)
+        lines.append(f"| {r['step']} | {r['cpu_s'] / 60:.0f} | {values} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/pretrain"))
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="v2")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/pretrain_v2"))
+    parser.add_argument("--corpus", type=Path, default=None, help="default: ../shared/pretrain_corpus")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--total-steps", type=int, default=PretrainConfig.total_steps)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
-    parser.add_argument("--cpu-hours", type=float, default=6.0, help="budget of CPU time for the whole run")
+    parser.add_argument("--cpu-hours", type=float, default=12.0, help="budget of CPU time for the whole run")
     parser.add_argument("--pool-workers", type=int, default=2)
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--export", action="store_true", help="only export the current checkpoint")
@@ -72,12 +75,14 @@ def main() -> None:
         print(learning_curve(args.run_dir))
         return
     if args.export:
-        export(args.run_dir)
+        export(args.run_dir, args.recipe)
         return
     torch.set_num_threads(args.threads)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    config = PretrainConfig(total_steps=args.total_steps)
+    config = RECIPES[args.recipe]
+    corpus = load_corpus(args.corpus) if config.source_weights is not None else None
+    evaluations = [synthetic_evaluation()] + ([corpus_evaluation(corpus)] if corpus is not None else [])
     t0 = time.monotonic()
     for event in pretrain(
         config,
@@ -86,8 +91,9 @@ def main() -> None:
         cpu_budget_s=args.cpu_hours * 3600,
         checkpoint_every_s=args.checkpoint_minutes * 60,
         pool_workers=args.pool_workers,
-        evaluate=synthetic_evaluation(),
+        evaluate=lambda sam, step: {k: v for e in evaluations for k, v in e(sam, step).items()},
         should_stop=lambda: stop["now"],
+        corpus=corpus,
     ):
         if event["step"] % 10 == 0:
             print(

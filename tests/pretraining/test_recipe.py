@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samtune.core.pretraining import PretrainConfig, build_pool, pretrain, sample_batch
-
-from .conftest import TINY
+from napari_samtune.pretraining.recipe import PretrainConfig, build_pool, pretrain, sample_batch
+from tests.core.conftest import TINY
 
 CONFIG = PretrainConfig(
     total_steps=12,

@@ -1,8 +1,12 @@
-"""Pretraining the bundled small model from scratch on procedural scenes, resumable exactly across sessions.
+"""Pretraining the bundled small model, resumable exactly across sessions.
 
-Every random choice of step ``s`` (which scenes, augmentation, objects, prompts) comes from a generator seeded with
-``(seed, s)``, and the learning rate is a pure function of ``s``; so a run resumed from a checkpoint (model +
-optimiser + step) continues exactly as an uninterrupted run would. The scene pool is regenerated deterministically.
+v1 (``RECIPES["v1"]``) trained from scratch on procedural scenes only; v2 starts from v1's weights and mixes the
+procedural scenes with real images of the pretraining corpus (``corpus.py``), source by source with fixed weights.
+
+Every random choice of step ``s`` (which source and image, crop, augmentation, objects, prompts) comes from a
+generator seeded with ``(seed, s)``, and the learning rate is a pure function of ``s``; so a run resumed from a
+checkpoint (model + optimiser + step) continues exactly as an uninterrupted run would. The scene pool is regenerated
+deterministically and the corpus is read in sorted order.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoder import decode, dense_positional_encoding, normalize_pixels, pack_prompts
-from .image import as_volume
-from .io import atomic_torch_save, atomic_write
-from .models.architecture import SMALL_ARCHITECTURE, SamArchitecture, build_sam
-from .training.prompts import interior_point, jittered_box, mask_box, random_click
-from .training.session_loss import session_loss
+from ..core.decoder import decode, dense_positional_encoding, normalize_pixels, pack_prompts
+from ..core.image import as_volume
+from ..core.io import atomic_torch_save, atomic_write
+from ..core.models.architecture import SMALL_ARCHITECTURE, SamArchitecture, build_sam
+from ..core.models.registry import file_sha256
+from ..core.training.prompts import interior_point, jittered_box, mask_box, random_click
+from ..core.training.session_loss import session_loss
+from .corpus import INSTANCE_SOURCES, Corpus, cut_frame
 
 IOU_BOOST_STEP = 1624  # the step at which the run was amended (see ``PretrainConfig.iou_boost``)
 
@@ -54,6 +60,12 @@ class PretrainConfig:
     # candidate). From ``iou_boost[0]`` on, the IoU head's MSE is weighted ``iou_boost[1]`` instead of 1. Steps before
     # it are unchanged, so a fresh run with this config still reproduces the shipped weights exactly.
     iou_boost: tuple[int, float] | None = (IOU_BOOST_STEP, 5.0)
+    # v2: where each step's images come from, as {source: weight} ("synthetic" = the scene pool, other keys = corpus
+    # sources); None = the scene pool only (v1). ``init_from`` names the run folder whose checkpoint is the warm
+    # start (relative to the run folder's parent), ``downscale_probability`` how often a corpus image is shown whole.
+    source_weights: dict[str, float] | None = None
+    init_from: str | None = None
+    downscale_probability: float = 0.3
 
     def iou_weight_at(self, step: int) -> float:
         return self.iou_boost[1] if self.iou_boost is not None and step >= self.iou_boost[0] else 1.0
@@ -63,6 +75,27 @@ class PretrainConfig:
             return self.lr * (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+RECIPES: dict[str, PretrainConfig] = {
+    "v1": PretrainConfig(),
+    # v2: warm start from v1 (run folder runs/pretrain), real corpus images mixed in so that no source dominates,
+    # a lower peak learning rate for the warm start, and the IoU head weighted 5 from the first step (v1's amendment).
+    "v2": PretrainConfig(
+        seed=1,
+        total_steps=6000,
+        lr=5e-4,
+        warmup_steps=50,
+        iou_boost=(0, 5.0),
+        source_weights={
+            "synthetic": 0.35,
+            "dsb2018_fluorescence_nuclei": 0.25,
+            "kvasir_seg_polyps": 0.2,
+            "busi_breast_ultrasound": 0.2,
+        },
+        init_from="pretrain",
+    ),
+}
 
 
 @dataclass
@@ -75,7 +108,7 @@ class ScenePool:
 
 def build_pool(n: int, seed: int, size: int, folder: Path | None = None, workers: int = 1) -> ScenePool:
     """Generate (or read back from ``folder``) ``n`` procedural scenes made from ``seed``."""
-    from .synthetic import make_scene
+    from ..core.synthetic import make_scene
 
     if folder is not None:
         path = Path(folder) / f"pool_seed{seed}_n{n}_s{size}.npz"
@@ -98,7 +131,7 @@ def build_pool(n: int, seed: int, size: int, folder: Path | None = None, workers
 
 
 def _scene(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from .synthetic import make_scene
+    from ..core.synthetic import make_scene
 
     seed, index, size = args
     scene = make_scene(np.random.default_rng([seed, index]), size=size)
@@ -130,13 +163,40 @@ class Batch:
     is_click: np.ndarray  # (N,) bool
 
 
-def sample_batch(pool: ScenePool, config: PretrainConfig, step: int) -> Batch:
-    """The batch of ``step``: a pure function of (pool, config, step)."""
+def _frames(pool: ScenePool, config: PretrainConfig, rng: np.random.Generator, corpus: Corpus | None):
+    """The step's ``images_per_step`` (image, labels) frames, before augmentation."""
+    if config.source_weights is None:
+        picks = rng.choice(len(pool.images), size=config.images_per_step, replace=False)
+        return [(pool.images[p], pool.labels[p]) for p in picks]
+    if corpus is None:
+        raise ValueError("this recipe mixes in the pretraining corpus: pass corpus=load_corpus(...)")
+    names = sorted(config.source_weights)
+    weights = np.array([config.source_weights[n] for n in names], float)
+    frames = []
+    for source in rng.choice(names, size=config.images_per_step, p=weights / weights.sum()):
+        if source == "synthetic":
+            p = int(rng.integers(len(pool.images)))
+            frames.append((pool.images[p], pool.labels[p]))
+        else:
+            items = corpus.train[source]
+            item = items[int(rng.integers(len(items)))]
+            size = pool.images.shape[1]
+            frames.append(cut_frame(item, size, rng, config.downscale_probability))
+    return frames
+
+
+def sample_batch(pool: ScenePool, config: PretrainConfig, step: int, corpus: Corpus | None = None) -> Batch:
+    """The batch of ``step``: a pure function of (pool, corpus, config, step).
+
+    If no frame holds an object of ``min_object_area`` pixels (a downscaled view can lose them all), the scene-pool
+    frame ``step % pool size`` is added, so that a long run never stops on an empty batch.
+    """
     rng = np.random.default_rng([config.seed, step])
-    picks = rng.choice(len(pool.images), size=config.images_per_step, replace=False)
     images, index, masks, points, plabels, boxes, clicks = [], [], [], [], [], [], []
-    for b, p in enumerate(picks):
-        image, labels = _augment(pool.images[p], pool.labels[p], rng)
+
+    def add(image: np.ndarray, labels: np.ndarray) -> None:
+        image, labels = _augment(image, labels, rng)
+        b = len(images)
         images.append(as_volume(image, rgb=True).plane(0))
         ids, areas = np.unique(labels[labels > 0], return_counts=True)
         ids = ids[areas >= config.min_object_area]
@@ -155,6 +215,11 @@ def sample_batch(pool: ScenePool, config: PretrainConfig, step: int) -> Batch:
                 plabels.append(None)
                 boxes.append(jittered_box(mask, rng, config.box_jitter))
                 clicks.append(False)
+
+    for image, labels in _frames(pool, config, rng, corpus):
+        add(image, labels)
+    if not masks:
+        add(pool.images[step % len(pool.images)], pool.labels[step % len(pool.images)])
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return Batch(tensor, np.array(index), np.stack(masks), points, plabels, boxes, np.array(clicks))
 
@@ -203,8 +268,12 @@ def pretrain(
     pool_workers: int = 1,
     evaluate: Callable[[object, int], dict] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    corpus: Corpus | None = None,
 ) -> Iterator[dict]:
     """Train (or resume) in ``run_dir``; yields one event dict per step. Writes ``checkpoint.pt`` and ``log.jsonl``.
+
+    A fresh run of a config with ``init_from`` starts from the model weights (not the optimiser) of the checkpoint
+    in ``run_dir.parent / init_from``. ``corpus`` is needed by configs with ``source_weights``.
 
     Stops at ``config.total_steps``, after ``max_steps`` steps in this call, when the run's total process CPU time
     reaches ``cpu_budget_s``, or when ``should_stop()``. A checkpoint is written every ``checkpoint_every_s`` of
@@ -225,6 +294,15 @@ def pretrain(
         sam.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
+    elif config.init_from is not None:
+        start = run_dir.parent / config.init_from / "checkpoint.pt"
+        if not start.is_file():
+            raise FileNotFoundError(f"warm start {start} (init_from={config.init_from!r}) does not exist")
+        sam.load_state_dict(torch.load(start, map_location="cpu", weights_only=True)["model"])
+        with open(run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps({"event": "warm_start", "from": str(start), "sha256": file_sha256(start)}) + "\n")
+    if config.source_weights is not None and corpus is None:
+        raise ValueError("this recipe mixes in the pretraining corpus: pass corpus=load_corpus(...)")
     pool = build_pool(config.pool_size, config.seed, arch.img_size, run_dir, workers=pool_workers)
 
     def save(extra: dict) -> None:
@@ -235,6 +313,9 @@ def pretrain(
             log.write(json.dumps({"event": "checkpoint", **state, **extra}) + "\n")
 
     start_step = state["step"]
+    if start_step == 0 and evaluate is not None:  # the starting point of the learning curve (a warm start's quality)
+        with open(run_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps({"event": "checkpoint", **state, **_evaluate(evaluate, sam, 0)}) + "\n")
     last_save = time.monotonic()
     while state["step"] < config.total_steps:
         step = state["step"]
@@ -246,7 +327,7 @@ def pretrain(
         torch.manual_seed(config.seed * 1_000_003 + step)
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
-        batch = sample_batch(pool, config, step)
+        batch = sample_batch(pool, config, step, corpus)
         optimizer.zero_grad(set_to_none=True)
         losses = training_step(sam, batch, config, step)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip))
@@ -285,43 +366,79 @@ def _config_dict(config: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
+def prompted_ious(sam, frames: list[tuple[np.ndarray, np.ndarray]], max_objects: int = 4) -> dict[str, list[float]]:
+    """IoU per object of ``frames`` (``(S, S, 3)`` uint8 image, ``(S, S)`` instance labels) from one interior click
+    (``click``: the candidate the IoU head picks; ``click_best``: the best of the three) and from the exact box."""
+    pe = dense_positional_encoding(sam)
+    ious = {"click": [], "click_best": [], "box": []}
+    for image, labels in frames:
+        ids, areas = np.unique(labels[labels > 0], return_counts=True)
+        ids = ids[areas >= 20][:max_objects]
+        if len(ids) == 0:
+            continue
+        size = labels.shape[-1]
+        tensor = torch.from_numpy(as_volume(image, rgb=True).plane(0)).permute(2, 0, 1)[None]
+        emb = sam.image_encoder(normalize_pixels(sam, tensor))
+        masks = [labels == i for i in ids]
+        n = len(masks)
+        clicks = [np.array([interior_point(m)], np.float32) for m in masks]
+        for kind, coords_labels in (
+            ("click", pack_prompts(clicks, [np.ones(1)] * n, [None] * n)),
+            ("box", pack_prompts([None] * n, [None] * n, [mask_box(m) for m in masks])),
+        ):
+            logits, iou = decode(sam, emb, pe, *coords_labels)
+            full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) > 0
+            target = torch.from_numpy(np.stack(masks))[:, None]
+            inter = (full & target).sum((-2, -1)).float()
+            union = (full | target).sum((-2, -1)).float()
+            candidate = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+            if kind == "click":
+                pick = iou[:, 1:].argmax(1) + 1
+                ious["click"] += candidate[torch.arange(n), pick].tolist()
+                ious["click_best"] += candidate[:, 1:].max(1).values.tolist()
+            else:
+                ious["box"] += candidate[:, 0].tolist()
+    return ious
+
+
 def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 256) -> Callable[[object, int], dict]:
     """Held-out synthetic check for the learning curve: mean IoU from one interior click and from the exact box."""
-    from .synthetic import make_scenes
+    from ..core.synthetic import make_scenes
 
-    scenes = make_scenes(n_scenes, seed=seed, size=size)
+    frames = [(scene.image, scene.labels) for scene in make_scenes(n_scenes, seed=seed, size=size)]
 
     def run(sam, step: int) -> dict:
-        pe = dense_positional_encoding(sam)
-        ious = {"click": [], "box": []}
-        for scene in scenes:
-            image = torch.from_numpy(as_volume(scene.image, rgb=True).plane(0)).permute(2, 0, 1)[None]
-            emb = sam.image_encoder(normalize_pixels(sam, image))
-            ids = np.unique(scene.labels[scene.labels > 0])[:4]
-            masks = [scene.labels == i for i in ids]
-            for kind in ("click", "box"):
-                if kind == "click":
-                    pts = [np.array([interior_point(m)], np.float32) for m in masks]
-                    coords, labels = pack_prompts(pts, [np.ones(1)] * len(masks), [None] * len(masks))
-                else:
-                    coords, labels = pack_prompts(
-                        [None] * len(masks), [None] * len(masks), [mask_box(m) for m in masks]
-                    )
-                logits, iou = decode(sam, emb, pe, coords, labels)
-                pick = iou[:, 1:].argmax(1) + 1 if kind == "click" else torch.zeros(len(masks), dtype=torch.long)
-                chosen = logits[torch.arange(len(masks)), pick][:, None]
-                pred = F.interpolate(chosen, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
-                for p, m in zip(pred.numpy(), masks):
-                    union = (p | m).sum()
-                    ious[kind].append((p & m).sum() / union if union else 1.0)
-        return {f"synthetic_{k}_miou": float(np.mean(v)) for k, v in ious.items()}
+        ious = prompted_ious(sam, frames)
+        return {f"synthetic_{k}_miou": float(np.mean(ious[k])) for k in ("click", "box")}
+
+    return run
+
+
+def corpus_evaluation(corpus: Corpus, size: int = 256, per_source: int = 16) -> Callable[[object, int], dict]:
+    """Held-out corpus check for the learning curve: per source, click (IoU head's pick and best candidate) and box
+    mIoU on ``per_source`` held-out images (nuclei: a native-resolution crop; other sources: the whole image)."""
+    frames = {}
+    for source, items in corpus.held_out.items():
+        whole = source not in INSTANCE_SOURCES
+        frames[source] = [
+            cut_frame(item, size, np.random.default_rng([7, i]), downscale_probability=float(whole))
+            for i, item in enumerate(items[:per_source])
+        ]
+
+    def run(sam, step: int) -> dict:
+        out = {}
+        for source, source_frames in frames.items():
+            ious = prompted_ious(sam, source_frames)
+            short = source.split("_")[-1]
+            out.update({f"{short}_{k}_miou": float(np.mean(v)) for k, v in ious.items()})
+        return out
 
     return run
 
 
 def load_checkpoint_model(path: str | Path, device: str = "cpu"):
     """A ``SamModel`` from a pretraining checkpoint (for evaluation at checkpoints and for export)."""
-    from .models.registry import SamModel, file_sha256
+    from ..core.models.registry import SamModel
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     arch = SamArchitecture.from_dict(ckpt["config"]["architecture"])
