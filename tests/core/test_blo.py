@@ -18,6 +18,7 @@ from napari_samtune.core.training.blo import BLOPromptLearning, BLOSettings, spl
 from napari_samtune.core.training.data import TrainingData, prepare_training_data
 from napari_samtune.core.training.fine_tune import fine_tune
 from napari_samtune.core.training.loop import TrainConfig, run_training
+from napari_samtune.core.training.units import Augmentation
 
 from .conftest import TINY, make_model
 
@@ -40,11 +41,11 @@ def discs(n: int, size: int, values: tuple[int, ...] = (1,), seed: int = 0) -> t
 
 
 def binary_data(n: int = 6, size: int = 64) -> TrainingData:
-    return prepare_training_data(*discs(n, size), task="semantic")
+    return prepare_training_data(*discs(n, size), task="semantic", all_objects_labeled=True)
 
 
 def three_class_data(n: int = 4, size: int = 64) -> TrainingData:
-    return prepare_training_data(*discs(n, size, values=(3, 5, 9)), task="semantic")
+    return prepare_training_data(*discs(n, size, values=(3, 5, 9)), task="semantic", all_objects_labeled=True)
 
 
 def run(generator):
@@ -74,11 +75,14 @@ def test_splits_are_deterministic_disjoint_and_fall_back_to_tiles():
     again = BLOPromptLearning(make_model(), binary_data(), cache_root=False)
     assert [u.item.image for u in again.upper_units] == [u.item.image for u in method.upper_units]
 
-    # One 128 px training image: its 9 tiles (empty ones included, the task is semantic) are split instead.
+    # One 128 px training image: its 9 tiles (empty ones included: all is labeled) are split instead, each tile's
+    # augmented views on the same side as the tile.
     images, labels = discs(1, 128)
-    one = BLOPromptLearning(make_model(), prepare_training_data(images, labels, task="semantic"), cache_root=False)
-    tiles = [u.tile for u in one.lower_units] + [u.tile for u in one.upper_units]
-    assert sorted(tiles) == list(range(9)) and one.lower_units and one.upper_units
+    data = prepare_training_data(images, labels, task="semantic", all_objects_labeled=True)
+    one = BLOPromptLearning(make_model(), data, cache_root=False)
+    lower, upper = ({u.group: u.tile for u in units} for units in (one.lower_units, one.upper_units))
+    assert sorted([*lower.values(), *upper.values()]) == list(range(9)) and lower and upper
+    assert len(one.lower_units) > len(lower) and len(one.upper_units) > len(upper)
 
 
 @pytest.mark.parametrize("data", [binary_data, three_class_data], ids=["binary", "3-class"])
@@ -198,8 +202,9 @@ def test_single_level_trains_prompts_and_weights_together_at_their_own_rates():
 
 
 def test_a_short_run_learns_bright_discs():
-    # A random tiny model needs larger steps than the defaults made for pretrained SAM.
-    settings = BLOSettings(lr=3e-3, prompt_lr=3e-2, units_per_step=2)
+    # A random tiny model needs larger steps than the defaults made for pretrained SAM; plain frames, so that the
+    # loss of 40 steps is comparable from step to step (augmentation is tested in test_augmentation.py).
+    settings = BLOSettings(lr=3e-3, prompt_lr=3e-2, units_per_step=2, augmentation=Augmentation.none())
     method = BLOPromptLearning(make_model(), binary_data(), settings, cache_root=False)
     events, result = run(run_training(method, TrainConfig(steps=40, validate_every=20, warmup_steps=2)))
     lower = [e.losses["lower/loss"] for e in events if e.losses]

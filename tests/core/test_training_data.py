@@ -47,7 +47,8 @@ def test_float_labels_with_whole_numbers_become_integer_ids():
     data = prepare_training_data([IMAGE], [squares().astype(np.float64)], validation_fraction=0.5)
     item = data.train[0]
     assert item.labels.dtype == np.int32
-    np.testing.assert_array_equal(item.labels, squares())
+    # One image: its objects are shared between training and a held-out block for validation.
+    np.testing.assert_array_equal(item.labels + data.validation[0].labels, squares())
 
 
 def test_negative_labels_are_refused():
@@ -66,8 +67,8 @@ def test_non_numeric_labels_are_refused():
 def test_0_255_masks_become_0_1(dtype):
     mask = (squares() > 0).astype(dtype) * 255
     data = prepare_training_data([IMAGE], [mask])
-    (item,) = data.train
-    np.testing.assert_array_equal(item.labels, squares() > 0)
+    (item,), (held_out,) = data.train, data.validation
+    np.testing.assert_array_equal(item.labels | held_out.labels, squares() > 0)
     assert set(np.unique(item.labels)) == {0, 1}
     assert data.task == "semantic" and data.classes == (1,)
 
@@ -117,7 +118,7 @@ def test_split_keeps_at_least_one_item_on_each_side():
     assert len(val) == 1 and len(train) == 2
     train, val = split_items(items, 0.99, 0)
     assert len(val) == 2 and len(train) == 1
-    single = items[:1]
+    single = [Item(0, 0, squares(boxes=((2, 2, 10, 10),)))]  # one object cannot be split in space
     assert split_items(single, 0.25, 0) == (single, single)
 
 
@@ -187,9 +188,9 @@ def test_chosen_classes_are_learned_as_semantic_classes_and_the_rest_is_backgrou
     only_one = squares(boxes=((2, 2, 10, 10),), values=(7,))  # holds none of the chosen classes: kept, not refused
     data = prepare_training_data([IMAGE, IMAGE], [labels, only_one], classes=[4, 1], validation_fraction=0.5)
     assert data.task == "semantic" and data.classes == (1, 4)
-    # The second image has no chosen class left, so no item; a single item serves training and validation.
+    # The second image has no chosen class left, so no item; the single item is split in space.
     assert [it.image for it in data.train] == [it.image for it in data.validation] == [0]
-    np.testing.assert_array_equal(data.train[0].labels, np.where(labels == 7, 0, labels))
+    np.testing.assert_array_equal(data.train[0].labels + data.validation[0].labels, np.where(labels == 7, 0, labels))
 
 
 @pytest.mark.parametrize(

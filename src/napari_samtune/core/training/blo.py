@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from .interactive import module_state, trainable_parameters
 from .loop import Level
 from .lora import LoraSettings, lora_state
 from .losses import focal_loss
-from .units import Unit, build_units, unit_embeddings
+from .units import Augmentation, Unit, build_units, unit_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class BLOSettings:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     loss_size: int = 128
+    augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         if not (self.train_decoder or self.lora):
@@ -128,11 +129,15 @@ class BLOPromptLearning:
         self.classes = tuple(data.classes)
         self.weights = trainable_parameters(model, s.train_decoder, False, s.lora)
         frozen = s.lora is None
-        # Semantic labels cover the whole plane, so a tile without labels is background worth learning; instance
-        # labels are often partial, so there a tile without labels may just be unannotated.
-        keep_empty = data.task == "semantic"
+        # A tile without labels is background worth learning where its pixels are known (``Item.known``).
         units = build_units(
-            model, data, data.train, with_embeddings=frozen, keep_empty=keep_empty, cache_root=cache_root
+            model,
+            data,
+            data.train,
+            with_embeddings=frozen,
+            keep_empty=True,
+            cache_root=cache_root,
+            augmentation=s.augmentation,
         )
         self.lower_units, self.upper_units = self._split(units)
         self._targets = {id(u): self._target(u) for u in units}
@@ -154,15 +159,18 @@ class BLOPromptLearning:
             return units, units
         items = self.data.train
         if len(items) >= 2:
-            lower, upper = split_indices(len(items), s.split_fraction, s.split_seed)
+            lower, _ = split_indices(len(items), s.split_fraction, s.split_seed)
             lower_ids = {id(items[i]) for i in lower}
             lower_units = [u for u in units if id(u.item) in lower_ids]
             upper_units = [u for u in units if id(u.item) not in lower_ids]
             if lower_units and upper_units:
                 return lower_units, upper_units
-        if len(units) >= 2:
-            lower, upper = split_indices(len(units), s.split_fraction, s.split_seed)
-            return [units[i] for i in lower], [units[i] for i in upper]
+        # Split the tiles, never the views of one tile (they show the same objects).
+        groups = sorted({u.group for u in units})
+        if len(groups) >= 2:
+            lower, _ = split_indices(len(groups), s.split_fraction, s.split_seed)
+            lower_groups = {groups[i] for i in lower}
+            return [u for u in units if u.group in lower_groups], [u for u in units if u.group not in lower_groups]
         log.warning("BLO: only one training tile, so both levels train on it (no protection against overfitting)")
         return units, units
 
@@ -176,7 +184,8 @@ class BLOPromptLearning:
         return embed_sparse(self.model.sam, coords, labels).detach().clone()
 
     def _target(self, unit: Unit) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft one-hot ``(K + 1, L, L)`` (0 = background) and valid-pixel weight ``(1, L, L)`` at the loss size."""
+        """Soft one-hot ``(K + 1, L, L)`` (0 = background) and pixel weight ``(1, L, L)`` at the loss size: 1 where
+        the label is known, 0 on padding and on unlabeled pixels of partial annotations."""
         size = min(self.settings.loss_size, self.model.img_size)
         index = np.zeros(unit.labels.shape, np.int64)
         if self.data.task == "semantic":
@@ -185,8 +194,8 @@ class BLOPromptLearning:
         else:
             index[unit.labels > 0] = 1
         onehot = F.one_hot(torch.from_numpy(index), len(self.classes) + 1).permute(2, 0, 1).float()
-        valid = torch.from_numpy(unit.valid).float()[None]
-        return F.adaptive_avg_pool2d(onehot, size), F.adaptive_avg_pool2d(valid, size)
+        known = torch.from_numpy(unit.known).float()[None]
+        return F.adaptive_avg_pool2d(onehot, size), F.adaptive_avg_pool2d(known, size)
 
     def prompts(self) -> torch.Tensor:
         """The learned prompts ``(K, T, C)`` (differentiable)."""
@@ -266,8 +275,8 @@ class BLOPromptLearning:
         self, units: list[Unit], prompts: torch.Tensor, encoder_grad: bool = True
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The segmentation loss of ``(K, T, C)`` prompts on ``units``: each class's single-mask logits, upsampled to
-        the loss size; padding pixels weigh 0. ``encoder_grad=False`` runs an image encoder with LoRA without
-        gradients (levels that do not train it)."""
+        the loss size; padding and unknown pixels weigh 0. ``encoder_grad=False`` runs an image encoder with LoRA
+        without gradients (levels that do not train it)."""
         s, sam = self.settings, self.model.sam
         b, k = len(units), len(prompts)
         with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
@@ -313,7 +322,8 @@ class BLOPromptLearning:
 
     def validate(self) -> float:
         """Prompt-free segmentation of each validation plane at full resolution (``segment_automatic``'s path): IoU
-        of each class pooled over the planes, averaged over the classes present (binary: the foreground IoU)."""
+        of each class pooled over the planes (their known pixels), averaged over the classes present (binary: the
+        foreground IoU)."""
         prompts = self.prompts().detach()
         inter = np.zeros(len(self.classes))
         union = np.zeros(len(self.classes))
@@ -324,8 +334,9 @@ class BLOPromptLearning:
                 embedding = self._encoded_plane(item.image, item.plane)
             pred = logits_to_result(class_logits(self.model, embedding, prompts), self.classes).labels
             truth = item.labels if self.data.task == "semantic" else np.where(item.labels > 0, self.classes[0], 0)
+            known = item.known if item.known is not None else np.ones(truth.shape, bool)
             for j, value in enumerate(self.classes):
-                p, t = pred == value, truth == value
+                p, t = (pred == value) & known, (truth == value) & known
                 inter[j] += np.count_nonzero(p & t)
                 union[j] += np.count_nonzero(p | t)
         present = union > 0

@@ -1,7 +1,12 @@
 """Training data from arrays: images with label images (instances, binary or multi-class), unlabeled images and
 weak labels (boxes, points), checked and split into training and validation items.
 
-An *item* is one 2D plane of one image (a 3D stack gives one item per plane).
+An *item* is one 2D plane of one image (a 3D stack gives one item per plane), with the pixels whose label is known.
+
+Partial annotations: users label some objects of an image, not all. Unless told that every object is labeled
+(``all_objects_labeled``), only the painted objects are known; an unpainted pixel is known background only inside
+an ``annotated_regions`` mask or within ``background_margin`` pixels of a painted object (the user traced that
+object's edge). Unknown pixels weigh nothing in the losses, so the unlabeled objects are not learned as background.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ class WeakLabels:
 
 @dataclass(frozen=True)
 class Item:
-    """One labeled plane: ``image`` index into ``TrainingData.volumes``, ``plane`` index, ``labels`` (H, W) int."""
+    """One labeled plane: ``image`` index into ``TrainingData.volumes``, ``plane`` index, ``labels`` (H, W) int;
+    ``known`` (H, W) bool: the pixels whose label is known (None: all of them)."""
 
     image: int
     plane: int
     labels: np.ndarray
+    known: np.ndarray | None = None
 
 
 @dataclass
@@ -79,12 +86,25 @@ def prepare_training_data(
     validation_fraction: float = 0.25,
     seed: int = 0,
     names: list[str] | None = None,
+    all_objects_labeled: bool | Sequence[bool] = False,
+    annotated_regions: Sequence[np.ndarray | None] | None = None,
+    background_margin: int = 4,
 ) -> TrainingData:
     """Check images and labels and split their planes into training and validation items (deterministic by seed).
 
     images: 2D ``(H, W)``/RGB or 3D ``(Z, H, W)`` arrays; labels: integer arrays of the same spatial shape (one per
     image). task: "instances" (each id one object), "semantic" (each value a class, 0 background) or "auto".
     classes: the class values to learn from multi-class labels (task "semantic"); other values count as background.
+
+    Which unpainted pixels are background (one value for all images, or one per image):
+    ``all_objects_labeled=False`` (default): the labels may be partial, some objects painted and others not. An
+    unpainted pixel is background only inside ``annotated_regions[i]`` (a bool mask of the image's spatial shape:
+    "inside it I painted every object"; None for none) or within ``background_margin`` pixels of a painted object;
+    elsewhere it is unknown and never taught as background. ``all_objects_labeled=True``: every object of the image
+    is painted, so every unpainted pixel is background.
+
+    Validation: with several labeled planes, a ``validation_fraction`` of them; with a single one, a block at one
+    edge of it (about that fraction of its objects, whole objects only), masked out of training.
     """
     if len(images) != len(labels):
         raise DataError(f"got {len(images)} images but {len(labels)} label images: give one label image per image")
@@ -93,13 +113,25 @@ def prepare_training_data(
     names = names or [f"image {i}" for i in range(len(images))]
     if classes is not None:
         task, labels = "semantic", _keep_classes(labels, classes)
+    complete = _per_image(all_objects_labeled, len(images), "all_objects_labeled")
+    regions = _per_image(annotated_regions, len(images), "annotated_regions") if annotated_regions is not None else None
+    if background_margin < 0:
+        raise DataError(f"background_margin must be ≥ 0 pixels, got {background_margin}")
     volumes, items = [], []
     for i, (image, lab) in enumerate(zip(images, labels)):
         volume = as_volume(image, rgb=rgb)
         lab = _check_labels(lab, volume, names[i], allow_empty=classes is not None)
         volumes.append(volume)
         planes = lab if volume.is_stack else lab[None]
-        items += [Item(i, z, planes[z]) for z in range(len(planes)) if planes[z].any()]
+        region = _check_region(regions[i], lab.shape, names[i]) if regions is not None else None
+        region_planes = None if region is None else (region if volume.is_stack else region[None])
+        for z in range(len(planes)):
+            if not planes[z].any():
+                continue
+            known = None
+            if not complete[i]:
+                known = known_pixels(planes[z], None if region_planes is None else region_planes[z], background_margin)
+            items.append(Item(i, z, planes[z], known))
     if not items:
         raise DataError("all label images are empty (all 0): paint at least one object before fine-tuning")
     task = _infer_task(items) if task == "auto" else task
@@ -107,7 +139,7 @@ def prepare_training_data(
         raise DataError(f"task must be 'instances', 'semantic' or 'auto', got {task!r}")
     values = np.unique(np.concatenate([np.unique(it.labels) for it in items]))
     classes = (1,) if task == "instances" else tuple(int(c) for c in values if c != 0)
-    train, validation = split_items(items, validation_fraction, seed)
+    train, validation = split_items(items, validation_fraction, seed, task)
     return TrainingData(
         volumes=volumes,
         train=train,
@@ -117,6 +149,35 @@ def prepare_training_data(
         unlabeled=[as_volume(u, rgb=rgb) for u in unlabeled],
         weak=dict(weak or {}),
     )
+
+
+def _per_image(value, n: int, name: str) -> list:
+    """One value per image: a single value is repeated; a sequence must have one entry per image."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise DataError(f"{name} has {len(value)} entries for {n} images: give one per image (or a single value)")
+    return value
+
+
+def _check_region(region: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray | None:
+    if region is None:
+        return None
+    region = np.asarray(region)
+    if region.shape != tuple(shape):
+        raise DataError(f"annotated region of {name} has shape {region.shape} but its labels have {tuple(shape)}")
+    return region.astype(bool)
+
+
+def known_pixels(labels: np.ndarray, region: np.ndarray | None, margin: int) -> np.ndarray:
+    """``(H, W)`` bool: the painted pixels, the ``region`` (where every object is painted) and the unpainted pixels
+    within ``margin`` pixels of a painted object (background the user saw when tracing that object's edge)."""
+    painted = labels > 0
+    known = ndimage.binary_dilation(painted, iterations=margin) if margin > 0 else painted.copy()
+    if region is not None:
+        known |= region
+    return known
 
 
 def _keep_classes(labels: list[np.ndarray], classes: Sequence[int]) -> list[np.ndarray]:
@@ -173,10 +234,14 @@ def _infer_task(items: list[Item]) -> str:
     return "semantic" if split > len(ids) / 2 else "instances"
 
 
-def split_items(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Deterministic split; with a single item, it serves for both (and the caller is warned by the loop)."""
+def split_items(
+    items: list[Item], fraction: float, seed: int, task: str = "instances"
+) -> tuple[list[Item], list[Item]]:
+    """Deterministic split of the items. A single item is split in space (``hold_out_block``); when it cannot be
+    (fewer than two objects), it serves for both."""
     if len(items) == 1:
-        return items, items
+        held = hold_out_block(items[0], fraction, seed, task)
+        return ([held[0]], [held[1]]) if held is not None else (items, items)
     order = np.random.default_rng(seed).permutation(len(items))
     n_val = min(len(items) - 1, max(1, round(len(items) * fraction)))
     return [items[i] for i in sorted(order[n_val:])], [items[i] for i in sorted(order[:n_val])]
@@ -195,3 +260,54 @@ def instances_of(labels: np.ndarray, task: str, min_area: int = 10) -> tuple[np.
         next_id += n
     ids, areas = np.unique(out[out > 0], return_counts=True)
     return out, [int(i) for i, a in zip(ids, areas) if a >= min_area]
+
+
+def hold_out_block(item: Item, fraction: float, seed: int, task: str) -> tuple[Item, Item] | None:
+    """Split one labeled plane in space: a strip along one edge (``fraction`` of the height or width) for validation,
+    the rest for training, so validation measures the model on objects it was not trained on.
+
+    Whole objects are assigned (to validation when most of their pixels lie in the strip); each side's ``known``
+    excludes the other side's objects and block. Among the four edges, the one whose share of the objects is closest
+    to ``fraction`` (ties broken by ``seed``). Returns (training, validation) items, or None when no edge leaves at
+    least one object on each side.
+    """
+    objects, ids = instances_of(item.labels, task, min_area=1)
+    if len(ids) < 2:
+        return None
+    h, w = item.labels.shape
+    rows, cols = max(1, round(h * fraction)), max(1, round(w * fraction))
+    strips = []
+    for edge in range(4):
+        strip = np.zeros((h, w), bool)
+        if edge == 0:
+            strip[:, w - cols :] = True
+        elif edge == 1:
+            strip[:, :cols] = True
+        elif edge == 2:
+            strip[h - rows :] = True
+        else:
+            strip[:rows] = True
+        strips.append(strip)
+    inside = [ndimage.mean(s, objects, ids) for s in strips]  # share of each object's pixels in each strip
+    best, best_score = None, np.inf
+    for edge in np.random.default_rng(seed).permutation(4):
+        held = np.asarray(inside[edge]) > 0.5
+        if held.all() or not held.any():
+            continue
+        score = abs(held.mean() - fraction)
+        if score < best_score:
+            best, best_score = edge, score
+    if best is None:
+        return None
+    held = np.asarray(inside[best]) > 0.5
+    val_objects = np.isin(objects, np.asarray(ids)[held])
+    train_objects = (objects > 0) & ~val_objects
+    block = strips[best]
+    known = item.known if item.known is not None else np.ones((h, w), bool)
+    train = Item(
+        item.image, item.plane, np.where(train_objects, item.labels, 0), known & (~block | train_objects) & ~val_objects
+    )
+    validation = Item(
+        item.image, item.plane, np.where(val_objects, item.labels, 0), known & (block | val_objects) & ~train_objects
+    )
+    return train, validation

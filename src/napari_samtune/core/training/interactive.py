@@ -17,12 +17,14 @@ from .loop import Level
 from .lora import LoraSettings, add_lora, lora_state
 from .prompts import interior_point, jittered_box, mask_box, random_click
 from .session_loss import session_loss
-from .units import Unit, build_units, unit_embeddings
+from .units import Augmentation, Unit, build_units, unit_embeddings
 
 
 @dataclass(frozen=True)
 class InteractiveSettings:
-    """What is trained and how prompts are simulated. ``lora=None`` keeps the image encoder frozen (fast path)."""
+    """What is trained and how prompts are simulated. ``lora=None`` keeps the image encoder frozen (fast path).
+    ``augmentation``: the views of each training unit (``units.Augmentation``; ``Augmentation.none()`` for none).
+    Only the painted objects are prompted and trained, so partial labels teach nothing about unpainted objects."""
 
     train_decoder: bool = True
     train_prompt_encoder: bool = False
@@ -36,6 +38,7 @@ class InteractiveSettings:
     box_jitter: float = 0.08
     loss_size: int = 128
     max_validation_objects: int = 48
+    augmentation: Augmentation = field(default_factory=Augmentation)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,7 +97,9 @@ class InteractiveFineTuning:
         s = self.settings
         self.params = trainable_parameters(model, s.train_decoder, s.train_prompt_encoder, s.lora)
         frozen = s.lora is None
-        self.train_units = build_units(model, data, data.train, with_embeddings=frozen, cache_root=cache_root)
+        self.train_units = build_units(
+            model, data, data.train, with_embeddings=frozen, cache_root=cache_root, augmentation=s.augmentation
+        )
         self.val_units = build_units(model, data, data.validation, with_embeddings=frozen, cache_root=cache_root)
         self.train_objects = [self._objects(u) for u in self.train_units]
         self.val_objects = [self._objects(u) for u in self.val_units]
