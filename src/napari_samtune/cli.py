@@ -13,6 +13,7 @@ import argparse
 import io
 import math
 import sys
+import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -423,11 +424,17 @@ def _positive(kind: type) -> Callable[[str], int | float]:
     return parse
 
 
+def _show_warning(message: Warning | str, category: type, *args: object, **kwargs: object) -> None:
+    print(f"samtune: warning: {message}", file=sys.stderr)  # one line, not Python's file:line: Category: form
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``samtune`` with ``argv`` (default: the process arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except USER_ERRORS as error:
         print(f"samtune {args.command}: error: {error}", file=sys.stderr)
         return 2

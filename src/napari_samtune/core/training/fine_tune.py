@@ -13,7 +13,7 @@ from pathlib import Path
 from ..models.registry import SamModel
 from .adapters import Adapter
 from .blo import BLOPromptLearning, BLOSettings
-from .data import TrainingData
+from .data import DataError, TrainingData
 from .interactive import InteractiveFineTuning, InteractiveSettings
 from .loop import TrainConfig, TrainEvent, TrainResult, run_training
 from .lora import state_hash
@@ -79,7 +79,10 @@ def fine_tune(
     settings = settings if settings is not None else settings_cls()
     config = config or TrainConfig()
     work = model.copy()
-    runner = method_cls(work, data, settings, cache_root=cache_root)
+    try:
+        runner = method_cls(work, data, settings, cache_root=cache_root)
+    except ValueError as error:  # the data give the method nothing to learn from (e.g. only objects of a few pixels)
+        raise DataError(f"method {method!r} cannot train on these data: {error}") from error
     training = yield from run_training(runner, config, should_stop, device=work.device)
     return package_result(model, work, runner, data, method, settings, config, training)
 
