@@ -1,5 +1,5 @@
 """The shared training loop on toy methods: loss goes down, best-on-validation restore, time budget, cancel, NaN
-guard, learning-rate schedules and two independent levels."""
+guard, learning-rate schedules, two independent levels, early stopping and how often a budget is validated."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samtune.core.training.loop import SCHEDULES, Level, TrainConfig, TrainingError, run_training
+from napari_samtune.core.training.loop import (
+    SCHEDULES,
+    VALIDATIONS,
+    Level,
+    TrainConfig,
+    TrainingError,
+    run_training,
+    validation_interval,
+)
 
 TARGET = torch.tensor([1.0, -2.0, 3.0])
 
@@ -247,3 +255,54 @@ def test_two_levels_step_independently():
     np.testing.assert_allclose(method.inner.detach().numpy(), [0.5, 0.5], atol=1e-4)
     np.testing.assert_allclose(method.outer.detach().numpy(), [-0.05, -0.05], atol=1e-4)
     assert result.steps == 5
+
+
+class DivergesLate(Fit):
+    """Fits ``TARGET`` for ``good_steps`` steps, then the loss turns into its opposite (a schedule gone wrong): the
+    weights run away from the target while the true validation (−error) falls."""
+
+    def __init__(self, good_steps: int):
+        super().__init__(lr=0.2)
+        self.good_steps = good_steps
+
+    def backward(self, step, rng):
+        self.steps.append(step)
+        error = ((self.w - TARGET) ** 2).sum()
+        (error if step < self.good_steps else -error).backward()
+        return {"loss": float(error.detach())}
+
+
+def test_a_run_that_diverges_late_returns_the_earlier_validated_state():
+    method = DivergesLate(good_steps=40)
+    _, result = run(run_training(method, TrainConfig(steps=80, warmup_steps=0, schedule="constant")))
+    final_error = float(((method.snapshots[-1] - TARGET) ** 2).sum())
+    returned_error = float(((method.w.detach() - TARGET) ** 2).sum())
+    assert final_error > 10  # the last weights went far away
+    assert returned_error < 0.5 and result.best_validation == pytest.approx(-returned_error, abs=1e-5)
+    assert result.best_validation == max(h["validation"] for h in result.history) > result.history[-1]["validation"]
+
+
+def test_a_run_that_only_gets_worse_returns_the_starting_weights():
+    method = DivergesLate(good_steps=0)
+    run(run_training(method, TrainConfig(steps=30, warmup_steps=0)))
+    assert torch.equal(method.w.detach(), torch.zeros(3))
+
+
+def test_default_validation_interval_fits_the_steps_the_budget_affords():
+    budget = TrainConfig(steps=300, time_budget_s=60)
+    # 3 s per step: 20 steps fit, so about every 2 steps (not every 25 as a fixed interval would).
+    assert validation_interval(budget, 1, 3.0, 3.0, 0.1) == 2
+    # No budget: about VALIDATIONS over the schedule.
+    assert validation_interval(TrainConfig(steps=300), 1, 0.1, 0.1, 0.01) == 300 // VALIDATIONS
+    # A validation that costs 10 steps: spaced so that it takes at most a quarter of the time ...
+    assert validation_interval(TrainConfig(steps=300), 1, 0.1, 0.1, 1.0) == 40
+    # ... but still twice before the end of what fits.
+    assert validation_interval(budget, 10, 30.0, 3.0, 30.0) == 5
+    assert validation_interval(TrainConfig(validate_every=7), 1, 1.0, 1.0, 1.0) == 7
+
+
+def test_a_short_budget_validates_several_times():
+    method = Fit(sleep=0.02)
+    _, result = run(run_training(method, TrainConfig(steps=10_000, time_budget_s=0.4)))
+    assert 5 <= result.steps <= 25
+    assert len(result.history) >= 5  # the start, several during the run, the last weights

@@ -26,7 +26,11 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings shared by every method. ``steps`` is the schedule length; ``time_budget_s`` may stop earlier."""
+    """Settings shared by every method. ``steps`` is the schedule length; ``time_budget_s`` (wall-clock seconds of
+    training, encoding the images before it not included) may stop earlier. ``validate_every``: steps between
+    validations; None (default) validates about ``VALIDATIONS`` times over the steps that fit (the schedule's, or
+    fewer when the time budget affords fewer at the measured step time), validating at most about a quarter of the
+    time. Whatever stops the run, the weights returned are the best validated ones (the starting weights included)."""
 
     steps: int = 300
     time_budget_s: float | None = None
@@ -34,7 +38,7 @@ class TrainConfig:
     warmup_steps: int = 10
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    validate_every: int = 25
+    validate_every: int | None = None
     seed: int = 0
     max_bad_steps: int = 5
     amp: bool = True
@@ -46,6 +50,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {self.schedule!r}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time budget must be > 0 seconds, got {self.time_budget_s}")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ValueError(
+                f"validate_every must be ≥ 1 step (or None: chosen from the budget), got {self.validate_every}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +66,26 @@ class TrainConfig:
             return (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * SCHEDULES[self.schedule](progress)
+
+
+VALIDATIONS = 10  # validations aimed at over a run when ``validate_every`` is None
+MAX_VALIDATION_SHARE = 0.25  # of the training time, when ``validate_every`` is None
+
+
+def validation_interval(config: TrainConfig, step: int, elapsed_s: float, step_s: float, validation_s: float) -> int:
+    """Steps until the next validation after ``step``: ``config.validate_every``, or (None) about ``VALIDATIONS``
+    validations over the steps expected to fit, spaced so that validating costs at most ``MAX_VALIDATION_SHARE`` of
+    the time, yet at least two validations before the end (the last one is always made)."""
+    if config.validate_every is not None:
+        return config.validate_every
+    expected = config.steps
+    if config.time_budget_s is not None and step_s > 0:
+        expected = min(expected, step + int(max(0.0, config.time_budget_s - elapsed_s) / step_s))
+    remaining = max(1, expected - step)
+    interval = math.ceil(expected / VALIDATIONS)
+    if step_s > 0:
+        interval = max(interval, math.ceil(validation_s / (MAX_VALIDATION_SHARE * step_s)))
+    return max(1, min(interval, math.ceil(remaining / 2)))
 
 
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -140,6 +168,9 @@ def run_training(
     )
     start = time.monotonic()
     best = _validate(method)
+    validation_s = time.monotonic() - start
+    training_s = 0.0
+    next_validation = config.validate_every or 1
     best_state = _snapshot(params)
     history = [{"step": 0, "validation": best}]
     yield TrainEvent(0, config.steps, {}, 0.0, 0.0, math.nan, best, best, "initial validation")
@@ -153,6 +184,7 @@ def run_training(
             stopped = "budget"
             break
         rng = np.random.default_rng([config.seed, step])
+        step_start = time.monotonic()
         factor = config.lr_factor(step) * lr_scale
         losses: dict[str, float] = {}
         ok = True
@@ -184,16 +216,22 @@ def run_training(
         else:
             bad_in_a_row = 0
         step += 1
+        training_s += time.monotonic() - step_start
         elapsed = time.monotonic() - start
         eta = elapsed / step * (config.steps - step)
         if config.time_budget_s is not None:
             eta = min(eta, max(0.0, config.time_budget_s - elapsed))
         validation = None
-        if step % config.validate_every == 0 or step == config.steps:
+        if step == 1 and config.validate_every is None:  # the first step's time decides the first interval
+            next_validation = step + validation_interval(config, step, elapsed, training_s / step, validation_s)
+        if step >= next_validation or step == config.steps:
+            validation_start = time.monotonic()
             validation = _validate(method)
+            validation_s = time.monotonic() - validation_start
             history.append({"step": step, "validation": validation, "elapsed_s": elapsed, **losses})
             if validation > best:
                 best, best_state = validation, _snapshot(params)
+            next_validation = step + validation_interval(config, step, elapsed, training_s / step, validation_s)
         yield TrainEvent(
             step,
             config.steps,
