@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import threading
 
 import numpy as np
 import pytest
 import torch
 import zarr
 
-from napari_samtune.core.embeddings import CacheError, EmbeddingStore, Tiling, tile_grid, tile_inputs
-from napari_samtune.core.image import as_volume
+from napari_samtune.core import embeddings
+from napari_samtune.core.embeddings import CacheError, CacheWarning, EmbeddingStore, Tiling, tile_grid, tile_inputs
+from napari_samtune.core.image import ImageError, as_volume
 
 STACK = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
 
@@ -236,3 +239,89 @@ def test_tiled_store_embeds_every_tile(tiny_model, encoded):
     assert embedding.features.shape == (6, 32, 8, 8) and embedding.scale == 1.0
     assert embedding.plane_shape == (150, 90) and embedding.input_size == 64
     assert encoded == [4, 2]
+
+
+# data safety: concurrent writers, unusable folders, damaged chunks, non-finite values
+
+
+def test_concurrent_stores_on_one_cache_all_succeed_and_agree(tiny_model, tmp_path):
+    expected = [EmbeddingStore(tiny_model, as_volume(STACK), cache_root=False).plane(i).features for i in range(3)]
+    errors: list[BaseException] = []
+
+    def encode(root, order):
+        try:
+            store = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=root)
+            for i in order:
+                torch.testing.assert_close(store.plane(i).features, expected[i])
+        except BaseException as error:
+            errors.append(error)
+
+    for trial in range(6):
+        orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]]
+        threads = [threading.Thread(target=encode, args=(tmp_path / str(trial), o)) for o in orders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    final = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=tmp_path / "0", strict=True)
+    assert all(final.is_cached(i) for i in range(3))
+
+
+@pytest.mark.parametrize("via", ["cache_root", "SAMTUNE_CACHE_DIR"])
+def test_an_unusable_cache_folder_falls_back_to_memory_with_a_warning(tiny_model, tmp_path, monkeypatch, via):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    if via == "SAMTUNE_CACHE_DIR":
+        monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(blocker))
+    root = blocker if via == "cache_root" else blocker / "embeddings"
+    with pytest.warns(CacheWarning, match=re.escape(f"embedding cache folder {root} cannot be used")) as caught:
+        store = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=blocker if via == "cache_root" else None)
+    assert (via if via == "SAMTUNE_CACHE_DIR" else "--cache-dir (cache_root)") in str(caught[0].message)
+    assert store.path is None and store.plane(1).features.shape == (1, 32, 8, 8)
+
+
+def test_a_disk_full_while_writing_keeps_going_in_memory(tiny_model, tmp_path, monkeypatch):
+    store = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=tmp_path)
+
+    def full(features):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(embeddings, "features_checksum", full)
+    with pytest.warns(CacheWarning, match="No space left on device"):
+        features = store.plane(0).features
+    assert torch.isfinite(features).all() and store.plane(1) is not None
+
+
+def test_a_deleted_chunk_under_a_done_plane_is_encoded_again_not_read_as_zeros(tiny_model, encoded, tmp_path):
+    store = _first_cached_store(tiny_model, tmp_path)
+    expected = store.plane(1).features
+    chunks = [p for p in (store.path / "features" / "c" / "1").rglob("*") if p.is_file()]
+    assert chunks
+    for chunk in chunks:
+        chunk.unlink()
+    encoded.clear()
+    again = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=tmp_path)
+    assert again.is_cached(1)  # marked done, but its data is checked before use
+    torch.testing.assert_close(again.plane(1).features, expected)
+    assert encoded == [1]
+
+
+def test_values_beyond_float32_give_finite_embeddings(tiny_model, tmp_path):
+    image = np.random.default_rng(0).uniform(-1e300, 1e300, (40, 40))
+    features = EmbeddingStore(tiny_model, as_volume(image), cache_root=tmp_path).plane(0).features
+    assert torch.isfinite(features).all() and features.abs().sum() > 0
+
+
+def test_non_finite_embeddings_are_never_cached(tiny_model, tmp_path):
+    with torch.no_grad():
+        next(tiny_model.sam.image_encoder.parameters()).fill_(float("nan"))
+    store = EmbeddingStore(tiny_model, as_volume(STACK), cache_root=tmp_path)
+    with pytest.raises(ImageError, match="NaN or infinite embeddings for plane 0"):
+        store.plane(0)
+    assert not EmbeddingStore(tiny_model, as_volume(STACK), cache_root=tmp_path).is_cached(0)
+
+
+def test_a_plane_outside_the_image_is_named(tiny_model):
+    with pytest.raises(IndexError, match=r"plane 3 does not exist: the image has 3 plane\(s\), numbered 0 to 2"):
+        EmbeddingStore(tiny_model, as_volume(STACK), cache_root=False).is_cached(3)
