@@ -3,6 +3,9 @@ are atomic; the file holds only what was trained."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,15 @@ import torch
 from napari_samtune.core.embeddings import EmbeddingStore
 from napari_samtune.core.models.registry import save_model
 from napari_samtune.core.predictor import ObjectPrompt, Predictor
-from napari_samtune.core.training.adapters import AdapterError, apply_adapter, load_adapter, save_adapter
+from napari_samtune.core.training.adapters import (
+    ADAPTER_FORMAT,
+    ADAPTER_VERSION,
+    AdapterError,
+    apply_adapter,
+    content_sha256,
+    load_adapter,
+    save_adapter,
+)
 from napari_samtune.core.training.data import prepare_training_data
 from napari_samtune.core.training.fine_tune import fine_tune
 from napari_samtune.core.training.interactive import InteractiveFineTuning, InteractiveSettings
@@ -170,3 +181,64 @@ def test_load_adapter_explains_unusable_files(decoder_result, tmp_path):
     torch.save({**payload, "version": 99}, path)
     with pytest.raises(AdapterError, match="newer napari-samtune"):
         load_adapter(path)
+
+
+def _flip_a_byte_in_the_largest_tensor(path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    header = entry.header_offset
+    name_length, extra_length = (
+        int.from_bytes(data[header + 26 : header + 28], "little"),
+        int.from_bytes(data[header + 28 : header + 30], "little"),
+    )
+    data[header + 30 + name_length + extra_length + entry.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_adapter_file_is_refused_not_used(decoder_result, tmp_path):
+    path = save_adapter(decoder_result.adapter, tmp_path / "damaged.samtune")
+    _flip_a_byte_in_the_largest_tensor(path)
+    with pytest.raises(AdapterError, match="is damaged: its contents do not match the checksum"):
+        load_adapter(path)
+
+
+def test_an_adapter_without_checksum_loads_with_a_warning(decoder_result, tmp_path):
+    path = save_adapter(decoder_result.adapter, tmp_path / "old.samtune")
+    payload = torch.load(path, weights_only=True)
+    torch.save({**{k: v for k, v in payload.items() if k != "sha256"}, "version": 1}, path)
+    with pytest.warns(UserWarning, match="predates checksums"):
+        assert load_adapter(path).method == decoder_result.adapter.method
+
+
+def test_an_empty_adapter_file_says_so(tmp_path):
+    (tmp_path / "empty.samtune").write_bytes(b"")
+    with pytest.raises(AdapterError, match="is empty"):
+        load_adapter(tmp_path / "empty.samtune")
+
+
+def test_an_adapter_with_unexpected_entries_is_refused(decoder_result, tmp_path):
+    contents = {**asdict(decoder_result.adapter), "surprise": 1}
+    payload = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "sha256": content_sha256(contents), **contents}
+    torch.save(payload, tmp_path / "odd.samtune")
+    with pytest.raises(AdapterError, match=r"unexpected entries \['surprise'\]"):
+        load_adapter(tmp_path / "odd.samtune")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.modules.update(image_encoder={}), "changes a module 'image_encoder'"),
+        (lambda a: a.modules["mask_decoder"].update(extra=torch.zeros(1)), "mask_decoder weights do not fit"),
+        (lambda a: setattr(a, "prompt_embeddings", torch.zeros(2, 4, TINY.prompt_embed_dim)), r"for 2 class\(es\)"),
+        (lambda a: setattr(a, "prompt_embeddings", torch.zeros(1, 4, 5)), "learned prompts have shape"),
+    ],
+    ids=["module-name", "unexpected-key", "class-count", "prompt-width"],
+)
+def test_apply_adapter_refuses_contents_that_do_not_fit(decoder_result, base, change, message):
+    adapter = copy.deepcopy(decoder_result.adapter)
+    change(adapter)
+    with pytest.raises(AdapterError, match=message):
+        apply_adapter(base, adapter)
