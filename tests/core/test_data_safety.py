@@ -266,3 +266,28 @@ def test_api_shapes_are_checked_and_napari_corner_boxes_accepted(tiny_model):
 def test_two_channel_images_suggest_a_channel_axis():
     with pytest.raises(ImageError, match=r"looks like a 2-channel image .*--channel-axis -1"):
         as_volume(np.zeros((64, 64, 2), np.uint8))
+
+
+def test_encode_with_an_unusable_cache_folder_warns_on_one_line_and_succeeds(setup, capsys):
+    blocker = setup["tmp"] / "not a folder"
+    blocker.write_text("")
+    assert main(["encode", str(setup["image"]), *setup["model"], "--cache-dir", str(blocker)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"samtune: warning: embedding cache folder {blocker} cannot be used")
+    assert "--cache-dir" in err[0]
+
+
+def test_a_corrupt_cached_official_checkpoint_is_called_corrupt_not_undownloadable(tmp_path, monkeypatch):
+    import pooch
+
+    from napari_samtune.core.models.registry import MODEL_SOURCES, ModelError, fetch_checkpoint
+
+    source = MODEL_SOURCES["vit_b"]
+    (tmp_path / source.filename).write_bytes(b"half a checkpoint")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(ModelError, match=r"the cached vit_b checkpoint .* is corrupt or incomplete"):
+        fetch_checkpoint(source, tmp_path)
