@@ -1,7 +1,9 @@
-"""Models by name: Meta's official ViT-B/L/H checkpoints, the project's bundled small model, or any SAM state dict.
+"""Models by name: Meta's official ViT-B/L/H checkpoints, micro-sam's domain models and MedSAM (``zoo``), the
+project's bundled small model, or any SAM state dict.
 
-Official checkpoints are downloaded on first use into the user cache folder (``SAMTUNE_CACHE_DIR`` overrides it) and
-verified by sha256; a file the user already has is used through ``checkpoint=`` or ``SAMTUNE_CHECKPOINT_<NAME>``.
+Named checkpoints are downloaded on first use into the user cache folder (``SAMTUNE_CACHE_DIR`` overrides it) and
+verified by the checksum their project publishes (sha256 for Meta's, xxh128 for micro-sam's); a file the user already
+has is used through ``checkpoint=`` or ``SAMTUNE_CHECKPOINT_<NAME>``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import Sam
 
+from . import zoo
 from .architecture import (
     SamArchitecture,
     architecture_from_state_dict,
@@ -30,13 +33,25 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a named model's weights come from: a URL with its sha256, or a file shipped in the package."""
+    """Where a named model's weights come from: a URL with its checksum, or a file shipped in the package.
+
+    ``checksum`` ("xxh128:<hex>") replaces ``sha256`` for publishers that give another hash (micro-sam); a source
+    with neither is not verified. ``page`` says where to download it by hand when there is no ``url``.
+    """
 
     name: str
     filename: str
     sha256: str
     url: str | None = None
     packaged: bool = False
+    checksum: str = ""
+    purpose: str = ""
+    page: str = ""
+
+    @property
+    def known_hash(self) -> str | None:
+        """The checksum in pooch's "algorithm:hex" form, or None when the publisher gives none."""
+        return self.checksum or (f"sha256:{self.sha256}" if self.sha256 else None)
 
 
 _OFFICIAL_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -58,6 +73,13 @@ MODEL_SOURCES: dict[str, ModelSource] = {
         "sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         _OFFICIAL_URL + "sam_vit_h_4b8939.pth",
+    ),
+    **{
+        name: ModelSource(name, f"{name}.pt", "", url, checksum=checksum, purpose=purpose)
+        for name, (url, checksum, purpose) in zoo.MICRO_SAM_MODELS.items()
+    },
+    zoo.MEDSAM_NAME: ModelSource(
+        zoo.MEDSAM_NAME, "medsam_vit_b.pth", "", None, purpose=zoo.MEDSAM_PURPOSE, page=zoo.MEDSAM_PAGE
     ),
 }
 
@@ -158,6 +180,21 @@ def available_models() -> list[str]:
     return [BUNDLED_NAME, *MODEL_SOURCES]
 
 
+def model_purpose(name: str) -> str:
+    """One line on what the named model is for (empty for an unknown name)."""
+    return zoo.PURPOSES.get(name, "")
+
+
+def file_checksum(path: str | os.PathLike, known_hash: str) -> str:
+    """The checksum of a file in the form of ``known_hash`` ("sha256:<hex>", "xxh128:<hex>" or a bare sha256)."""
+    algorithm = known_hash.split(":")[0] if ":" in known_hash else "sha256"
+    if algorithm == "sha256":
+        return f"sha256:{file_sha256(path)}" if ":" in known_hash else file_sha256(path)
+    import pooch
+
+    return f"{algorithm}:{pooch.file_hash(str(path), alg=algorithm)}"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -174,29 +211,35 @@ def fetch_checkpoint(source: ModelSource, folder: Path | None = None) -> Path:
     import pooch
 
     folder = Path(folder) if folder is not None else cache_dir() / "checkpoints"
+    env = f"SAMTUNE_CHECKPOINT_{source.name.upper()}"
     if source.url is None:
-        raise ModelError(f"model {source.name!r} has no download address")
+        where = f" from {source.page}" if source.page else ""
+        raise ModelError(
+            f"model {source.name!r} cannot be downloaded automatically (its publisher gives no direct address or "
+            f"checksum): download {source.filename}{where}, then pass checkpoint=PATH, set {env}=PATH, or put it "
+            f"at {folder / source.filename}"
+        )
+    expected = source.known_hash or "no checksum"
     try:
         path = pooch.retrieve(
             source.url,
-            known_hash=f"sha256:{source.sha256}",
+            known_hash=source.known_hash,
             fname=source.filename,
             path=folder,
             progressbar=False,
         )
     except ValueError as error:  # pooch's checksum mismatch
         raise ModelError(
-            f"the download of {source.filename} from {source.url} does not have the expected sha256 "
-            f"{source.sha256} (the file was deleted). Try again, or download it yourself and pass checkpoint=PATH. "
-            f"Details: {error}"
+            f"the download of {source.filename} from {source.url} does not have the expected "
+            f"{expected.replace(':', ' ')} (the file was deleted). Try again, or download it yourself and pass "
+            f"checkpoint=PATH. Details: {error}"
         ) from error
     except Exception as error:  # offline, HTTP error, DNS…
-        env = f"SAMTUNE_CHECKPOINT_{source.name.upper()}"
         kept = folder / source.filename
         if kept.is_file():  # pooch found a file whose checksum differs and could not fetch a good one
             raise ModelError(
-                f"the cached {source.name} checkpoint {kept} is corrupt or incomplete (its sha256 is not "
-                f"{source.sha256}) and a fresh copy could not be downloaded ({error}). Delete it and try again "
+                f"the cached {source.name} checkpoint {kept} is corrupt or incomplete (its checksum is not "
+                f"{expected}) and a fresh copy could not be downloaded ({error}). Delete it and try again "
                 f"online, or pass checkpoint=PATH / set {env}=PATH to a good copy."
             ) from error
         raise ModelError(
@@ -216,10 +259,12 @@ def load_model(
 ) -> SamModel:
     """Load a SAM model by name and/or checkpoint file, in eval mode on ``device`` (default: ``default_device``).
 
-    name: ``"samtune_small"`` (bundled, offline), ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` (official, downloaded on
-    first use), or ``"custom"`` with ``checkpoint`` = any state dict in the official layout (architecture detected).
-    checkpoint: a local file to use instead of downloading; for official names it is checked against the official
-    sha256 when ``verify`` (a fine-tuned full model saved under an official name can pass ``verify=False``).
+    name: ``"samtune_small"`` (bundled, offline), ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` (official), micro-sam's
+    ``"vit_b_lm"``, ``"vit_b_em_organelles"``… and ``"medsam_vit_b"`` (see ``zoo``; downloaded on first use, except
+    MedSAM), or ``"custom"`` with ``checkpoint`` = any SAM state dict (architecture detected; micro-sam's and
+    MedSAM's wrapped layouts are unwrapped).
+    checkpoint: a local file to use instead of downloading; for named models it is checked against the published
+    checksum when ``verify`` (a fine-tuned full model saved under such a name can pass ``verify=False``).
     """
     device = default_device(device)
     if name == BUNDLED_NAME and checkpoint is None:
@@ -233,7 +278,7 @@ def load_model(
         if checkpoint is None:
             checkpoint = fetch_checkpoint(source)
             verify = False  # fetch_checkpoint verified it
-        expected = source.sha256 if verify else None
+        expected = source.known_hash if verify else None
     elif name in ("custom", BUNDLED_NAME):
         if checkpoint is None:
             raise ModelError("model 'custom' needs checkpoint=PATH to a SAM state dict in the official layout")
@@ -245,12 +290,16 @@ def load_model(
     if not path.is_file():
         raise ModelError(f"checkpoint file {path} does not exist (model {name!r}); check the path")
     sha = file_sha256(path)
-    if expected is not None and sha != expected:
+    actual = (sha if ":" not in expected else file_checksum(path, expected)) if expected is not None else None
+    if expected is not None and actual != expected:
+        kind = "sha256" if ":" not in expected else expected.split(":")[0]
         raise ModelError(
-            f"checkpoint {path} has sha256 {sha} but model {name!r} expects {expected}: the file is corrupt, "
-            "incomplete or a different model. Download it again, or load it as name='custom'."
+            f"checkpoint {path} has {kind} {actual.split(':')[-1]} but model {name!r} expects "
+            f"{expected.split(':')[-1]}: the file is corrupt, incomplete or a different model. Download it again, "
+            "or load it as name='custom'."
         )
     sam, arch, metadata = _build_from_file(path)
+    zoo.apply_pixel_statistics(sam, name)
     return SamModel(
         sam=sam.to(device),
         name=name,
@@ -273,13 +322,11 @@ def _build_from_file(path: Path) -> tuple[Sam, SamArchitecture, dict]:
         state = payload["state_dict"]
         metadata = dict(payload.get("metadata", {}))
     else:
-        # Some training scripts wrap the official state dict as {"model": state_dict, ...}.
-        state = payload["model"] if isinstance(payload.get("model"), dict) else payload
-        try:
+        try:  # micro-sam, MedSAM and other training scripts wrap the official layout (see zoo.sam_state_dict)
+            state, metadata = zoo.sam_state_dict(payload)
             arch = architecture_from_state_dict(state)
         except (ValueError, KeyError) as error:
             raise ModelError(f"checkpoint {path}: {error}") from error
-        metadata = {}
     sam = build_sam(arch)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
