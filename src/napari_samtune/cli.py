@@ -23,7 +23,7 @@ import numpy as np
 from .core import metrics
 from .core.automatic import InstanceSettings, segment_without_prompts
 from .core.datasets import DatasetError, list_images, load_folder_pairs
-from .core.embeddings import CacheError
+from .core.embedding_cache import CacheError, clear_cache, embeddings_root, list_stores, max_cache_bytes
 from .core.image import ImageError
 from .core.io import TIFF_SUFFIXES, OutputError, atomic_write, check_output, read_image
 from .core.models.registry import (
@@ -153,6 +153,20 @@ def cmd_models(args: argparse.Namespace) -> int:
             where = "official SAM, downloaded on first use"
         print(f"{name:<14} {where}")
     print(f"{'custom':<14} any SAM state dict or samtune model file, with --checkpoint PATH")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Show or clear the embedding cache."""
+    root = embeddings_root(args.cache_dir)
+    if args.action == "clear":
+        count, freed = clear_cache(root)
+        print(f"removed {count} store(s), {freed / 1e9:.2f} GB, from {root}")
+        return 0
+    stores = list_stores(root)
+    limit = max_cache_bytes()
+    print(f"{root}: {len(stores)} store(s), {sum(s.size_bytes for s in stores) / 1e9:.2f} GB", end="")
+    print(f" (limit {limit / 1e9:g} GB, SAMTUNE_CACHE_MAX_GB)" if limit else " (no limit)")
     return 0
 
 
@@ -317,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("models", help="list the available models").set_defaults(run=cmd_models)
+    cache = commands.add_parser("cache", help="show the embedding cache's size, or clear it")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache folder)")
+    cache.set_defaults(run=cmd_cache)
     encode = commands.add_parser("encode", parents=[model, image], help="precompute image embeddings (all planes)")
     encode.add_argument("images", nargs="+", metavar="IMAGE")
     encode.set_defaults(run=cmd_encode, interrupted="planes already encoded stay cached")

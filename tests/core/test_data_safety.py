@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 from napari_samtune import cli
 from napari_samtune.cli import main
 from napari_samtune.core import io
+from napari_samtune.core.embeddings import EmbeddingStore
 from napari_samtune.core.image import ImageError, as_volume
 from napari_samtune.core.models import save_model
 from napari_samtune.core.predictor import ObjectPrompt, Predictor
@@ -291,3 +293,34 @@ def test_a_corrupt_cached_official_checkpoint_is_called_corrupt_not_undownloadab
     monkeypatch.setattr(pooch, "retrieve", offline)
     with pytest.raises(ModelError, match=r"the cached vit_b checkpoint .* is corrupt or incomplete"):
         fetch_checkpoint(source, tmp_path)
+
+
+# cache size: least recently used stores go first, recent ones never; `samtune cache info|clear`
+
+
+def test_the_cache_keeps_under_its_limit_by_removing_the_least_recently_used_stores(tiny_model, tmp_path):
+    from napari_samtune.core.embedding_cache import RECENT_S, enforce_limit, list_stores
+
+    paths = []
+    for i, age in enumerate((3, 1, 2)):  # hours since last use
+        store = EmbeddingStore(tiny_model, as_volume(STACK[0] + i), cache_root=tmp_path)
+        store.plane(0)
+        os.utime(store.path, (time.time() - age * 3600,) * 2)
+        paths.append(store.path)
+    sizes = {s.path: s.size_bytes for s in list_stores(tmp_path)}
+    assert enforce_limit(tmp_path, limit=sum(sizes.values()) - sizes[paths[0]]) == [paths[0]]  # the oldest
+    assert sorted(s.path for s in list_stores(tmp_path)) == sorted(paths[1:])
+    os.utime(paths[2])  # used just now: spared even over the limit
+    assert enforce_limit(tmp_path, limit=1) == [paths[1]]
+    assert enforce_limit(tmp_path, limit=1, now=time.time() + RECENT_S + 1) == [paths[2]]
+
+
+def test_cache_info_and_clear(setup, capsys):
+    cache = setup["tmp"] / "cache"
+    assert main(["encode", str(setup["image"]), *setup["model"], "--cache-dir", str(cache)]) == 0
+    capsys.readouterr()
+    assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
+    assert f"{cache}: 1 store(s)" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert "removed 1 store(s)" in capsys.readouterr().out
+    assert list(cache.iterdir()) == []

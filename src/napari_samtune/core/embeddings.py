@@ -23,16 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .decoder import normalize_pixels
+from .embedding_cache import CacheError, enforce_limit, mark_used
 from .image import ImageError, Volume
 from .models.registry import SamModel, cache_dir
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: per-plane checksums
 LOCK_TIMEOUT_S = 300.0
-
-
-class CacheError(RuntimeError):
-    """An embedding cache that cannot be used; the message names the store and what to do."""
 
 
 class CacheWarning(UserWarning):
@@ -164,6 +161,8 @@ class EmbeddingStore:
                 self._lock = _file_lock(root / f"{self.key}.zarr.lock")
                 with self._lock:
                     self._group = self._open(strict)
+                    mark_used(self.path)
+                enforce_limit(root)
             except OSError as error:
                 self._to_memory(root, error)
 
