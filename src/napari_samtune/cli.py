@@ -34,6 +34,7 @@ from .core.models.registry import (
     available_models,
     cache_dir,
     load_model,
+    model_purpose,
 )
 from .core.predictor import PromptError
 from .core.prompt_files import check_fits, label_ids, paint_prompts, read_prompts
@@ -143,16 +144,18 @@ def _segmenter(args: argparse.Namespace, model: SamModel, image_path: str) -> Se
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """Print the model names ``--model`` accepts."""
+    """Print the model names ``--model`` accepts, what each is for and whether it is here yet."""
     for name in available_models():
         if name == BUNDLED_NAME:
-            where = "bundled with the package, works offline"
+            where = "bundled"
         elif (cache_dir() / "checkpoints" / MODEL_SOURCES[name].filename).is_file():
-            where = "official SAM, downloaded"
+            where = "downloaded"
+        elif MODEL_SOURCES[name].url is None:
+            where = "needs --checkpoint"
         else:
-            where = "official SAM, downloaded on first use"
-        print(f"{name:<14} {where}")
-    print(f"{'custom':<14} any SAM state dict or samtune model file, with --checkpoint PATH")
+            where = "downloaded on first use"
+        print(f"{name:<22} {where:<24} {model_purpose(name)}")
+    print(f"{'custom':<22} {'needs --checkpoint':<24} any SAM state dict (official, micro-sam or MedSAM layout)")
     return 0
 
 

@@ -17,6 +17,7 @@ from napari_samtune.core import metrics
 from napari_samtune.core.automatic import InstanceSettings, segment_automatic, segment_instances
 from napari_samtune.core.datasets import load_folder_pairs
 from napari_samtune.core.models import load_model, save_model
+from napari_samtune.core.models.registry import available_models
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter
 from napari_samtune.core.training.adapters import apply_adapter, load_adapter
@@ -54,8 +55,10 @@ def files(tmp_path) -> dict[str, Path]:
 
 def test_models_lists_the_names_load_model_accepts(capsys):
     assert main(["models"]) == 0
-    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["samtune_small", "vit_b", "vit_l", "vit_h", "custom"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [*available_models(), "custom"]
+    assert "vit_b_lm" in lines[4] and "light microscopy" in lines[4]  # one line on what each is for
+    assert "medsam_vit_b" in lines[-2] and "needs --checkpoint" in lines[-2]
 
 
 def test_encode_then_segment_gives_the_segmenter_masks_one_id_per_object(files, capsys):

@@ -27,7 +27,7 @@ MICRO_SAM_MODELS: dict[str, tuple[str, str, str]] = {
     "vit_l_lm": (
         _BIOIMAGEIO + "idealistic-rat/1.2/files/vit_l.pt",
         "xxh128:017f20677997d628426dec80a8018f9d",
-        "micro-sam ViT-L for light microscopy: larger and slower than vit_b_lm, a little more accurate",
+        "micro-sam ViT-L for light microscopy: larger and slower than vit_b_lm",
     ),
     "vit_b_em_organelles": (
         _BIOIMAGEIO + "noisy-ox/1.2/files/vit_b.pt",
@@ -64,7 +64,7 @@ PURPOSES: dict[str, str] = {
     "samtune_small": "bundled 2 M-parameter model: offline, fast on a CPU, any image; adapt it to your data",
     "vit_b": "Meta's SAM ViT-B: natural images, the general starting point (375 MB download)",
     "vit_l": "Meta's SAM ViT-L: natural images, larger and slower than vit_b (1.2 GB download)",
-    "vit_h": "Meta's SAM ViT-H: natural images, the largest (2.6 GB download)",
+    "vit_h": "Meta's SAM ViT-H: natural images, the largest (2.4 GB download)",
     **{name: purpose for name, (_, _, purpose) in MICRO_SAM_MODELS.items()},
     MEDSAM_NAME: MEDSAM_PURPOSE,
 }
