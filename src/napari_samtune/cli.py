@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -452,6 +454,9 @@ def _show_warning(message: Warning | str, category: type, *args: object, **kwarg
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``samtune`` with ``argv`` (default: the process arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, a job scheduler) ends a run like Ctrl-C: temporary files removed, nothing half-written.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -463,6 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = getattr(args, "interrupted", None)
         print(f"samtune {args.command}: interrupted" + (f" ({done})" if done else ""), file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -324,3 +324,24 @@ def test_cache_info_and_clear(setup, capsys):
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert "removed 1 store(s)" in capsys.readouterr().out
     assert list(cache.iterdir()) == []
+
+
+def test_sigterm_during_finetune_writes_nothing_and_keeps_the_previous_adapter(folders, monkeypatch, capsys):
+    import signal
+
+    from napari_samtune.core.training.fine_tune import fine_tune
+
+    out = folders["tmp"] / "cells.samtune"
+    out.write_bytes(b"previous adapter")
+
+    def terminated(*args, **kwargs):
+        run = fine_tune(*args, **kwargs)
+        yield next(run)
+        os.kill(os.getpid(), signal.SIGTERM)
+        yield next(run)
+
+    monkeypatch.setattr(cli, "fine_tune", terminated)
+    assert main([*folders["args"], "--output", str(out), "--overwrite"]) == 130
+    assert "interrupted (nothing was written)" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous adapter" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".cells")] == []
