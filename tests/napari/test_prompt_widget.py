@@ -6,14 +6,16 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 from napari.layers import Labels
 
 from napari_samtune._qt.prompt_widget import CHECKPOINT_FILE
-from napari_samtune.core.models import save_model
+from napari_samtune.core.models import build_sam, save_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter, masks_to_labels
 from tests.core.conftest import TINY, make_model
 from tests.core.test_propagation import ellipsoids
+from tests.core.test_zoo import ARCH
 
 from .conftest import open_prompt_widget
 
@@ -216,3 +218,25 @@ def test_cancelling_propagation_changes_no_label(make_napari_viewer, monkeypatch
     qtbot.wait(300)
     assert not viewer.layers["segmentation"].data.any()
     assert len(viewer.layers["prompts"].data) == 1  # the prompts stay for another try
+
+
+def test_model_menu_lists_the_zoo_and_medsam_takes_a_local_file(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samtune", "nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-samtune", "Segment with prompts")
+    choices = widget.model.choices
+    for name in ("vit_b_lm", "vit_l_em_organelles", "vit_b_histopathology", "vit_b_medical_imaging", "medsam_vit_b"):
+        assert name in choices
+    widget.model.value = "vit_b_em_organelles"
+    assert "electron microscopy" in widget.model.tooltip
+    assert widget._model_request() == ("vit_b_em_organelles", None, None)
+
+    # MedSAM has no download address: its file is chosen in the widget, and loaded under MedSAM's name.
+    checkpoint = tmp_path / "medsam_vit_b.pth"
+    torch.save({"model": {"module." + k: v for k, v in build_sam(ARCH).state_dict().items()}}, checkpoint)
+    widget.model.value = "medsam_vit_b"
+    widget.checkpoint.value = checkpoint
+    assert widget._model_request() == ("medsam_vit_b", str(checkpoint), None)
+    widget.encode.native.click()
+    assert widget.embeddings.value == "cached"
+    assert widget.loaded_model.name == "medsam_vit_b" and float(widget.loaded_model.sam.pixel_std.max()) == 255

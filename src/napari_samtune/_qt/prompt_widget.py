@@ -19,7 +19,7 @@ from superqt.utils import qthrottled
 
 from ..core.embeddings import CacheError
 from ..core.image import ImageError
-from ..core.models.registry import BUNDLED_NAME, ModelError, SamModel, available_models
+from ..core.models.registry import BUNDLED_NAME, MODEL_SOURCES, ModelError, SamModel, available_models, model_purpose
 from ..core.predictor import ObjectPrompt, PromptError
 from ..core.segmenter import Segmenter
 from ..core.training.adapters import AdapterError
@@ -53,8 +53,7 @@ class PromptWidget(Container):
             name="model",
             choices=[*available_models(), CHECKPOINT_FILE, ADAPTER_FILE],
             value=BUNDLED_NAME,
-            tooltip=f"{BUNDLED_NAME} ships with the plugin; vit_b, vit_l and vit_h are downloaded on first use; "
-            "an adapter file (from 'Fine-tune on current layers') is applied to the model it was trained on",
+            tooltip=model_purpose(BUNDLED_NAME),
         )
         self._checkpoint = FileEdit(
             name="checkpoint",
@@ -154,7 +153,7 @@ class PromptWidget(Container):
             return "custom", checkpoint, None
         if self._model_name.value == ADAPTER_FILE:
             return ADAPTER, checkpoint, None if self._adapter.value is None else str(self._adapter.value)
-        return self._model_name.value, None, None
+        return self._model_name.value, checkpoint if _needs_file(self._model_name.value) else None, None
 
     def _current_segmenter(self, image: Image) -> Segmenter | None:
         """The segmenter for this image and model choice, if one is ready."""
@@ -197,8 +196,13 @@ class PromptWidget(Container):
         self._on_prompts()
 
     def _on_model(self) -> None:
-        self._checkpoint.visible = self._model_name.value in (CHECKPOINT_FILE, ADAPTER_FILE)
-        self._adapter.visible = self._model_name.value == ADAPTER_FILE
+        name = self._model_name.value
+        self._checkpoint.visible = name in (CHECKPOINT_FILE, ADAPTER_FILE) or _needs_file(name)
+        self._adapter.visible = name == ADAPTER_FILE
+        self._model_name.tooltip = model_purpose(name) or {
+            CHECKPOINT_FILE: "any SAM checkpoint file (official, micro-sam or MedSAM layout)",
+            ADAPTER_FILE: "an adapter file (from 'Fine-tune on current layers'), applied to the model it was made on",
+        }.get(name, "")
         self._model = self._segmenter = None  # free the old model's memory now
         self._show_state()
 
@@ -355,6 +359,11 @@ class PromptWidget(Container):
             return
         where = "" if plane is None else f"slice {plane}: "
         self._state.value = where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")
+
+
+def _needs_file(name: str) -> bool:
+    """Named models without a download address (MedSAM): the user points to the file."""
+    return name in MODEL_SOURCES and MODEL_SOURCES[name].url is None
 
 
 def prompt_widgets(viewer: Viewer) -> list[PromptWidget]:
