@@ -315,6 +315,7 @@ class EmbeddingStore:
                 self._group["features"][index] = features
                 self._group["checksums"][index] = features_checksum(features)
                 self._group["done"][index] = True  # only after the features are fully written
+            mark_used(self.path)  # a long encode keeps its store safe from eviction by other processes
         except OSError as error:  # disk full, folder made read-only meanwhile…
             if self.strict:
                 raise CacheError(f"embedding cache {self.path} cannot be written: {error}") from error
