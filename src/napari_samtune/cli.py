@@ -182,7 +182,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         segmenter = _segmenter(args, model, image_path)
         events = list(_progress(segmenter.encode(), segmenter.n_planes, Path(image_path).name))
         cached = sum(e["cached"] for e in events)
-        print(f"{image_path}: {len(events)} plane(s) ready ({cached} already cached) in {segmenter.store.path}")
+        where = segmenter.store.path or "memory only (see the warning)"
+        print(f"{image_path}: {len(events)} plane(s) ready ({cached} already cached) in {where}")
     return 0
 
 

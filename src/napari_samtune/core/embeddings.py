@@ -125,7 +125,8 @@ def encode_tiles(model: SamModel, inputs: list[torch.Tensor], batch_size: int = 
 class EmbeddingStore:
     """Lazily encoded, disk-cached embeddings of every plane of a ``Volume`` for one model.
 
-    ``cache_root=None`` uses the user cache folder; ``cache_root=False`` keeps embeddings in memory only.
+    ``cache_root=None`` uses the user cache folder; ``cache_root=False`` keeps embeddings in memory only, as does a
+    folder that cannot be used (with a ``CacheWarning``; ``path`` is then None).
     """
 
     def __init__(
@@ -246,6 +247,7 @@ class EmbeddingStore:
         )
         self._group = None
         self._lock = None
+        self.path = None
 
     def _check_index(self, index: int) -> None:
         n = self.volume.n_planes
