@@ -38,6 +38,7 @@ from .core.models.registry import (
     load_model,
     model_purpose,
 )
+from .core.omezarr import DEFAULT_LABELS_NAME, is_ome_zarr, labels_path, read_ome_zarr, write_ome_zarr_labels
 from .core.predictor import PromptError
 from .core.prompt_files import check_fits, label_ids, paint_prompts, read_prompts
 from .core.segmenter import Segmenter
@@ -141,8 +142,30 @@ def _load_model(args: argparse.Namespace) -> SamModel:
 
 def _segmenter(args: argparse.Namespace, model: SamModel, image_path: str) -> Segmenter:
     segmenter = Segmenter(model, cache_root=args.cache_dir)
-    segmenter.set_image(read_image(image_path), channel_axis=args.channel_axis, channel=args.channel)
+    if is_ome_zarr(image_path):  # its full-resolution level; the channel axis is in its metadata
+        image = read_ome_zarr(image_path)
+        channel_axis = image.channel_axis if args.channel_axis is None else args.channel_axis
+        segmenter.set_image(image.data, channel_axis=channel_axis, channel=args.channel)
+    else:
+        segmenter.set_image(read_image(image_path), channel_axis=args.channel_axis, channel=args.channel)
     return segmenter
+
+
+def _check_labels_output(args: argparse.Namespace, image: Path, out: Path | None, inputs: list) -> None:
+    """Refuse an output before any work: ``out``, or without it the labels group of an OME-Zarr ``image``."""
+    if out is not None:
+        check_output(out, inputs=inputs, overwrite=args.overwrite)
+    elif is_ome_zarr(image):
+        labels_path(image, args.labels_name, overwrite=args.overwrite)
+    else:
+        raise UsageError(f"give --out: only an OME-Zarr image (.zarr) can hold its labels itself, not {image}")
+
+
+def _save_labels(args: argparse.Namespace, image: Path, out: Path | None, labels: np.ndarray) -> Path:
+    if out is None:
+        return write_ome_zarr_labels(image, labels, args.labels_name, overwrite=args.overwrite)
+    write_labels(out, labels)
+    return out
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -189,7 +212,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """One label id per object of a prompt file, written as a label image the size of the input."""
-    check_output(args.out, inputs=[args.image, args.prompts], overwrite=args.overwrite)
+    _check_labels_output(args, Path(args.image), args.out, [args.image, args.prompts])
     prompts = read_prompts(args.prompts)
     segmenter = _segmenter(args, _load_model(args), args.image)
     check_fits(prompts, segmenter.n_planes, segmenter.plane_shape)
@@ -200,8 +223,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     labels = np.zeros((segmenter.n_planes, *segmenter.plane_shape), np.uint32)
     for _ in _progress(paint_prompts(segmenter, prompts, labels), len(planes), "segmenting"):
         pass
-    write_labels(args.out, labels if segmenter.store.volume.is_stack else labels[0])
-    print(f"{len(ids)} object(s) on {len(planes)} plane(s) → {args.out}")
+    out = _save_labels(args, Path(args.image), args.out, labels if segmenter.store.volume.is_stack else labels[0])
+    print(f"{len(ids)} object(s) on {len(planes)} plane(s) → {out}")
     return 0
 
 
@@ -273,15 +296,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prompt-free labels for an image or every image of a folder: classes with learned prompts, else objects."""
-    if args.input.is_dir():
+    if args.input.is_dir() and not is_ome_zarr(args.input):
         inputs = list_images(args.input, "input")
         if not inputs:
             raise UsageError(f"input folder {args.input} has no image files")
+        if args.out is None:
+            raise UsageError(f"give --out FOLDER for the labels of the images in {args.input}")
         outputs = [args.out / f"{path.stem}{args.suffix}" for path in inputs]
     else:
         inputs, outputs = [args.input], [args.out]
-    for out_path in outputs:
-        check_output(out_path, inputs=inputs, overwrite=args.overwrite)
+    for image_path, out_path in zip(inputs, outputs):
+        _check_labels_output(args, image_path, out_path, inputs)
     model = _load_model(args)
     if args.adapter is not None:
         adapter = load_adapter(args.adapter)
@@ -305,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             pass
         job = segment_without_prompts(segmenter, settings)
         labels = _result_of(job, segmenter.n_planes, f"segmenting {image_path.name}")
-        write_labels(out_path, labels)
+        out_path = _save_labels(args, image_path, out_path, labels)
         found = len(np.unique(labels[labels > 0]))
         print(f"{image_path} → {out_path}: {found} label value(s)")
         if found == 0:
@@ -349,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--prompts", required=True, type=Path, help="CSV or JSON; columns object,kind,row,col[,row1,col1],label[,plane]"
     )
-    segment.add_argument("--out", required=True, type=Path, help="label image to write (.tif, or .png for 2D)")
+    segment.add_argument(
+        "--out",
+        type=Path,
+        help="label image to write (.tif, or .png for 2D); default for an OME-Zarr image: its labels",
+    )
+    segment.add_argument("--labels-name", default=DEFAULT_LABELS_NAME, help="OME-Zarr labels name (default samtune)")
     segment.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never an input)")
     segment.set_defaults(run=cmd_segment, interrupted="planes already encoded stay cached")
     evaluate = commands.add_parser("evaluate", help="score predicted labels against ground-truth labels")
@@ -395,8 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("input", type=Path, metavar="IMAGE_OR_DIR")
     predict.add_argument(
-        "--out", required=True, type=Path, help="label image to write, or a folder when IMAGE_OR_DIR is a folder"
+        "--out",
+        type=Path,
+        help="label image to write, or a folder when IMAGE_OR_DIR is a folder; default for an OME-Zarr image: its "
+        "labels group",
     )
+    predict.add_argument("--labels-name", default=DEFAULT_LABELS_NAME, help="OME-Zarr labels name (default samtune)")
     predict.add_argument("--adapter", type=Path, help="adapter file from `samtune finetune` for this model")
     predict.add_argument("--overwrite", action="store_true", help="replace existing label files (never an input)")
     predict.add_argument("--suffix", default=".tif", help="label file type in an output folder (default .tif)")
