@@ -17,6 +17,7 @@ from napari_samtune.core.training.fine_tune import fine_tune
 from napari_samtune.core.training.interactive import InteractiveFineTuning, InteractiveSettings, click_ious
 from napari_samtune.core.training.loop import TrainConfig
 from napari_samtune.core.training.lora import LoraSettings
+from napari_samtune.core.training.units import Augmentation
 
 from .conftest import TINY, make_model
 
@@ -74,13 +75,20 @@ def test_decoder_fine_tune_learns_bright_discs():
     # A random tiny model first has to find "bright = object" through its decoder's random upscaling path: a plateau
     # of ~40–70 steps, and with several small discs per image far more than 100 steps. One large disc per image, all
     # training images in every step, lr 5e-3 held constant, single-round sessions and click prompts (what validation
-    # uses) reach a validation IoU of 0.70–0.90 at step 100 from ~0.2, for each of the model seeds 0–3.
+    # uses) reach a validation IoU of 0.70–0.90 at step 100 from ~0.2, for each of the model seeds 0–3. Plain frames:
+    # augmented views lengthen that plateau (they are tested in test_augmentation.py).
     images, labels = disc_scenes(9, 128, (30, 45), seed=0)
     data = prepare_training_data(images, labels, validation_fraction=1 / 3, seed=0)
     model = make_model(dataclasses.replace(TINY, img_size=128))
     before = state_of(model)
     settings = InteractiveSettings(
-        lr=5e-3, corrective_rounds=0, click_fraction=1.0, units_per_step=6, objects_per_unit=1, loss_size=64
+        lr=5e-3,
+        corrective_rounds=0,
+        click_fraction=1.0,
+        units_per_step=6,
+        objects_per_unit=1,
+        loss_size=64,
+        augmentation=Augmentation.none(),
     )
     config = TrainConfig(steps=100, warmup_steps=5, schedule="constant", validate_every=20)
     events, result = run(fine_tune(model, data, settings=settings, config=config, cache_root=False))

@@ -296,8 +296,8 @@ def test_default_validation_interval_fits_the_steps_the_budget_affords():
     assert validation_interval(TrainConfig(steps=300), 1, 0.1, 0.1, 0.01) == 300 // VALIDATIONS
     # A validation that costs 10 steps: spaced so that it takes at most a quarter of the time ...
     assert validation_interval(TrainConfig(steps=300), 1, 0.1, 0.1, 1.0) == 40
-    # ... but still twice before the end of what fits.
-    assert validation_interval(budget, 10, 30.0, 3.0, 30.0) == 5
+    # ... but still three times over what fits.
+    assert validation_interval(budget, 10, 30.0, 3.0, 30.0) == 7
     assert validation_interval(TrainConfig(validate_every=7), 1, 1.0, 1.0, 1.0) == 7
 
 

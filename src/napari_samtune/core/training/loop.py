@@ -75,17 +75,16 @@ MAX_VALIDATION_SHARE = 0.25  # of the training time, when ``validate_every`` is 
 def validation_interval(config: TrainConfig, step: int, elapsed_s: float, step_s: float, validation_s: float) -> int:
     """Steps until the next validation after ``step``: ``config.validate_every``, or (None) about ``VALIDATIONS``
     validations over the steps expected to fit, spaced so that validating costs at most ``MAX_VALIDATION_SHARE`` of
-    the time, yet at least two validations before the end (the last one is always made)."""
+    the time, yet at least three times over the run (the last weights are always validated too)."""
     if config.validate_every is not None:
         return config.validate_every
     expected = config.steps
     if config.time_budget_s is not None and step_s > 0:
         expected = min(expected, step + int(max(0.0, config.time_budget_s - elapsed_s) / step_s))
-    remaining = max(1, expected - step)
     interval = math.ceil(expected / VALIDATIONS)
     if step_s > 0:
         interval = max(interval, math.ceil(validation_s / (MAX_VALIDATION_SHARE * step_s)))
-    return max(1, min(interval, math.ceil(remaining / 2)))
+    return max(1, min(interval, math.ceil(expected / 3)))
 
 
 SCHEDULES: dict[str, Callable[[float], float]] = {

@@ -17,7 +17,7 @@ photometric jitter is drawn anew at every step.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,12 @@ class Augmentation:
     views: frames per training unit, the plain one included (1: no augmentation). dihedral: flips and 90° rotations.
     scale_jitter: the frame's scale is multiplied by a factor drawn from ``[1 - j, 1 + j]``. shift: content smaller
     than the frame is placed at a random offset (larger content is cropped at a random place). photometric: strength
-    of the brightness/contrast/gamma jitter (0: none). max_view_seconds: on the frozen-encoder path the extra views
-    are encoded once, one round over all units at a time, until this many seconds were spent (about 0.1 CPU-s per
-    view for ``samtune_small``, 35 CPU-s for ViT-B on one CPU thread, well under 1 s on a GPU). seed: of the views.
+    of the brightness/contrast/gamma jitter (0: none). mirror_fill: share of the views whose frame is filled around
+    the content by mirroring it (pixels and labels) instead of padding: at inference a whole image fills the frame,
+    and a decoder that only saw labeled content next to padding learns that objects sit next to padding.
+    max_view_seconds: on the frozen-encoder path the extra views are encoded once, one round over all units at a
+    time, until this many seconds were spent (about 0.1 CPU-s per view for ``samtune_small``, 35 CPU-s for ViT-B on
+    one CPU thread, well under 1 s on a GPU). seed: of the views.
     """
 
     views: int = 8
@@ -47,6 +50,7 @@ class Augmentation:
     scale_jitter: float = 0.2
     shift: bool = True
     photometric: float = 0.15
+    mirror_fill: float = 0.5
     max_view_seconds: float = 30.0
     seed: int = 0
 
@@ -60,7 +64,7 @@ class Augmentation:
 
     @classmethod
     def none(cls) -> Augmentation:
-        return cls(views=1, dihedral=False, scale_jitter=0.0, shift=False, photometric=0.0)
+        return cls(views=1, dihedral=False, scale_jitter=0.0, shift=False, photometric=0.0, mirror_fill=0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,12 +74,14 @@ class Augmentation:
 class View:
     """How a tile's content becomes an encoder frame: dihedral transform ``k`` (0–7: ``k % 4`` quarter turns, then a
     left–right flip when ``k ≥ 4``), ``scale`` (encoder pixels per plane pixel), ``crop`` (row, col) into the
-    transformed, rescaled content, ``offset`` (row, col) of the content in the frame, and the photometric jitter."""
+    transformed, rescaled content, ``offset`` (row, col) of the content in the frame, ``mirror`` (the rest of the frame
+    filled by mirroring the content, else padding) and the photometric jitter."""
 
     k: int = 0
     scale: float = 1.0
     crop: tuple[int, int] = (0, 0)
     offset: tuple[int, int] = (0, 0)
+    mirror: bool = False
     contrast: float = 1.0
     brightness: float = 0.0
     gamma: float = 1.0
@@ -185,7 +191,8 @@ def _augmented_views(
             embedding = None
             if with_embeddings:
                 with torch.inference_mode():
-                    embedding = model.sam.image_encoder(frame_input(model, inputs, view.offset)).float().cpu()[0]
+                    placed = frame_input(model, inputs, (0, 0) if view.mirror else view.offset)
+                    embedding = model.sam.image_encoder(placed).float().cpu()[0]
             out.append(
                 Unit(
                     item=unit.item,
@@ -195,7 +202,7 @@ def _augmented_views(
                     known=frame_known,
                     embedding=embedding,
                     inputs=None if with_embeddings else inputs,
-                    view=view,
+                    view=view if not view.mirror else replace(view, offset=(0, 0)),
                     group=unit.group,
                     photometric=0.0 if with_embeddings else aug.photometric,
                 )
@@ -218,6 +225,7 @@ def random_view(shape: tuple[int, int], scale: float, size: int, aug: Augmentati
         scale=s,
         crop=crop,
         offset=offset,
+        mirror=bool(rng.random() < aug.mirror_fill),
         contrast=float(rng.uniform(1 - p, 1 + p)),
         brightness=float(rng.uniform(-p, p) * 0.5),
         gamma=float(np.exp(rng.uniform(-p, p))),
@@ -236,12 +244,17 @@ def _transform(x: torch.Tensor, view: View, size: int, mode: str) -> torch.Tenso
         else:
             x = F.interpolate(x, size=new, mode="bilinear", align_corners=False, antialias=view.scale < 1)
     r, c = view.crop
-    return x[..., r : r + size, c : c + size]
+    x = x[..., r : r + size, c : c + size]
+    if view.mirror:
+        r, c = view.offset
+        pad = ((0, 0), (0, 0), (r, size - x.shape[-2] - r), (c, size - x.shape[-1] - c))
+        x = torch.from_numpy(np.pad(x.numpy(), pad, mode="symmetric"))
+    return x
 
 
 def view_pixels(pixels: np.ndarray, view: View, size: int) -> torch.Tensor:
     """``(h, w, 3)`` float pixels in [0, 255] → the view's content ``(1, 3, h', w')`` in [0, 255] (to be placed at
-    ``view.offset``), with the view's photometric jitter."""
+    ``view.offset``; a mirror-filled view's is the whole frame), with the view's photometric jitter."""
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1)[None]
     return photometric(_transform(x, view, size, "bilinear"), view.contrast, view.brightness, view.gamma)
 
@@ -262,7 +275,7 @@ def _to_frame(
     stacked = torch.from_numpy(np.stack([labels.astype(np.float32), known.astype(np.float32)]))[None]
     content = _transform(stacked, view, size, "nearest")[0]
     h, w = content.shape[-2:]
-    r, c = view.offset
+    r, c = view.offset if not view.mirror else (0, 0)
     out = np.zeros((size, size), np.int32)
     valid = np.zeros((size, size), bool)
     known_frame = np.zeros((size, size), bool)
