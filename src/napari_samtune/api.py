@@ -173,6 +173,7 @@ class SamSession:
         labels: Labels | str | None = None,
         unlabeled: Sequence[Image | str] = (),
         weak: Sequence[Points | Shapes | str] = (),
+        all_objects_labeled: bool = False,
         device: str | None = None,
         on_event: Callable[[TrainEvent], None] | None = None,
     ) -> FineTuneResult:
@@ -181,13 +182,14 @@ class SamSession:
         session's and the prompt widgets' model. ``on_event`` sees every training step (loss, validation, time left).
 
         method: 'interactive', 'blo' (learns prompts: prompt-free segmentation), 'sum' (with ``unlabeled`` images),
-        'wesam' (with ``weak`` Points/Shapes layers) or 'auto'. Raises the core's errors (``DataError``,
-        ``TrainingError``, ``ValueError``) and ``LayerError``.
+        'wesam' (with ``weak`` Points/Shapes layers) or 'auto'. all_objects_labeled: every object in the image is
+        painted (default False: unpainted objects are not learned as background). Raises the core's errors
+        (``DataError``, ``TrainingError``, ``ValueError``) and ``LayerError``.
         """
         image = self._get(image) if image is not None else self._require_image()
         chosen = labels if labels is not None else self.labels if self.labels is not None else SEGMENTATION
         pair = TrainingPair(image, self._get(chosen), [self._get(layer) for layer in weak])
-        inputs = read_training_layers([pair], [self._get(layer) for layer in unlabeled])
+        inputs = read_training_layers([pair], [self._get(layer) for layer in unlabeled], all_objects_labeled)
         config = TrainConfig(steps=steps, time_budget_s=seconds)
         device = device or self.base_model.device.type
         job = fine_tune_job(lambda: self.base_model, inputs, method, config, device, should_stop=lambda: False)

@@ -268,6 +268,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         unlabeled=unlabeled,
         seed=args.seed,
         names=[f"image {p.name}" for p in pairs],
+        all_objects_labeled=args.all_objects_labeled,
     )
     print(
         f"{len(pairs)} image(s): {len(data.train)} training and {len(data.validation)} validation plane(s), "
@@ -416,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_list,
         metavar="1,2,…",
         help="multi-class labels: the class values to learn (others count as background); default: inferred",
+    )
+    finetune.add_argument(
+        "--all-objects-labeled",
+        action="store_true",
+        help="every object in the label images is labeled, so unlabeled pixels are background (default: labels may "
+        "be partial; only labeled objects and the pixels right around them are known)",
     )
     finetune.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache folder)")
     finetune.set_defaults(run=cmd_finetune, interrupted="nothing was written")

@@ -124,7 +124,13 @@ def run_demo(output: Path, model_name: str, method: str, seconds: float) -> dict
             print(f"fine-tuning step {event.step}/{event.total}: validation {event.validation:.3f}", flush=True)
 
     result = session.fine_tune(
-        method=method, seconds=seconds, steps=10_000, image=left, labels=left_labels, on_event=progress
+        method=method,
+        seconds=seconds,
+        steps=10_000,
+        image=left,
+        labels=left_labels,
+        all_objects_labeled=True,  # every nucleus of the left half is labeled
+        on_event=progress,
     )
     training = result.training
     viewer.layers.remove(left)

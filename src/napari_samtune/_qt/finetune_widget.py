@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
 from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
@@ -69,6 +69,13 @@ class FineTuneWidget(Container):
         self._unlabeled = Select(
             name="unlabeled", choices=self._choices(Image), tooltip="Optional: images without labels (SUM)"
         )
+        self._all_labeled = CheckBox(
+            name="all_objects_labeled",
+            text="every object in these images is labeled",
+            value=False,
+            tooltip="Ticked: unlabeled pixels are background. Unticked: only the painted objects (and the pixels "
+            "right around them) are known, so objects you did not paint are not learned as background",
+        )
         self._method = ComboBox(name="method", choices=method_choices(), value="interactive")
         self._seconds = SpinBox(name="seconds", value=60, min=1, max=24 * 3600, tooltip="Time budget")
         self._steps = SpinBox(name="steps", value=300, min=1, max=100_000, tooltip="Length of the schedule")
@@ -90,6 +97,7 @@ class FineTuneWidget(Container):
             name="pair_buttons", widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
         )
         pair_controls = [self._image, self._labels_layer, self._weak, pair_buttons, self._pairs_label, self._unlabeled]
+        pair_controls.append(self._all_labeled)
         run_controls = [self._method, self._seconds, self._steps, self._device, self._train, self._status]
         super().__init__(widgets=[*pair_controls, *run_controls])
         self.plot = TrainingPlot()
@@ -171,7 +179,7 @@ class FineTuneWidget(Container):
             return
         try:
             pairs = self._pairs or [p for p in [self._current_pair()] if p is not None]
-            inputs = read_training_layers(pairs, list(self._unlabeled.value))
+            inputs = read_training_layers(pairs, list(self._unlabeled.value), self._all_labeled.value)
             config = TrainConfig(steps=self._steps.value, time_budget_s=float(self._seconds.value))
         except USER_ERRORS as error:
             show_error(str(error))

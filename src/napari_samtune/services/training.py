@@ -65,10 +65,16 @@ class TrainingInputs:
     rgb: bool | None
     unlabeled: list[np.ndarray]
     weak: dict[int, WeakLabels]
+    all_objects_labeled: bool = False  # see prepare_training_data: else only painted objects (and near them) known
 
 
-def read_training_layers(pairs: Sequence[TrainingPair], unlabeled: Sequence[Image] = ()) -> TrainingInputs:
-    """Check the layers and read them for training. Raises ``LayerError`` naming the layer when they do not fit."""
+def read_training_layers(
+    pairs: Sequence[TrainingPair], unlabeled: Sequence[Image] = (), all_objects_labeled: bool = False
+) -> TrainingInputs:
+    """Check the layers and read them for training. Raises ``LayerError`` naming the layer when they do not fit.
+
+    all_objects_labeled: every object of these images is painted (unpainted pixels are background); False: only the
+    painted objects and their immediate surroundings are known (``prepare_training_data``)."""
     if not pairs:
         raise LayerError(
             "no labeled image to learn from: choose an image and its labels layer (paint a few objects, or commit "
@@ -96,6 +102,7 @@ def read_training_layers(pairs: Sequence[TrainingPair], unlabeled: Sequence[Imag
         rgb=flags.pop() if len(flags) == 1 else None,
         unlabeled=[layer.data for layer in unlabeled],
         weak=weak,
+        all_objects_labeled=all_objects_labeled,
     )
 
 
@@ -172,6 +179,7 @@ def fine_tune_job(
         unlabeled=inputs.unlabeled,
         weak=inputs.weak,
         names=inputs.names,
+        all_objects_labeled=inputs.all_objects_labeled,
     )
     yield {"stage": "loading the model"}
     base = model_on(load_base(), device)
