@@ -129,6 +129,7 @@ def labeled_data(split: Split, spec: SetSpec, unlabeled: bool) -> TrainingData:
         [p.image for p in split.labeled],
         [training_labels(p, spec) for p in split.labeled],
         task="instances" if spec.instances else "semantic",
+        all_objects_labeled=True,  # the benchmark sets label every object
         unlabeled=[p.image for p in split.unlabeled] if unlabeled else (),
     )
 

@@ -295,6 +295,7 @@ def evaluate_set(spec: SetSpec, model: SamModel, args, cache: Path, log) -> dict
             images,
             [p.labels for p in pool[:k]] if spec.prompted else classes,
             task="instances" if spec.prompted else "semantic",
+            all_objects_labeled=True,  # the benchmark sets label every object
         )
         method = "interactive" if spec.prompted else "blo"
         budget = args.curve_budget if spec.prompted and k == CURVE_K else args.budgets[method]

@@ -123,8 +123,10 @@ def split_set(name: str, train_images: int, test_images: int) -> tuple[TrainingD
     if len(pairs) < train_images + 1:
         raise SystemExit(f"{name} has only {len(pairs)} labeled images: lower --train-images")
     train, test = pairs[:train_images], pairs[train_images:]
-    data = prepare_training_data([p.image for p in train], [p.labels for p in train])
-    test_data = prepare_training_data([p.image for p in test], [p.labels for p in test], task=data.task)
+    data = prepare_training_data([p.image for p in train], [p.labels for p in train], all_objects_labeled=True)
+    test_data = prepare_training_data(
+        [p.image for p in test], [p.labels for p in test], task=data.task, all_objects_labeled=True
+    )
     items = test_data.train + test_data.validation
     return data, dataclasses.replace(test_data, train=items[:1], validation=items)
 

@@ -69,7 +69,9 @@ def worker(mode: str, steps: int, threads: int) -> dict:
     model = with_input_size(SamModel(build_sam(arch), "vit_b", arch, "random", torch.device("cpu")), 256)
     tr_img, tr_lab = workload(4, seed=1)
     va_img, va_lab = workload(1, seed=2)
-    data = prepare_training_data(tr_img + va_img, tr_lab + va_lab, task="instances", validation_fraction=0.2)
+    data = prepare_training_data(
+        tr_img + va_img, tr_lab + va_lab, task="instances", validation_fraction=0.2, all_objects_labeled=True
+    )
     settings = InteractiveSettings(
         lora=LoraSettings(rank=4) if mode == "lora" else None,
         units_per_step=1,
