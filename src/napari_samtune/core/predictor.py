@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,10 +106,15 @@ class Predictor:
         multimask: bool | None = None,
         output: int | None = None,
         return_logits: bool = False,
+        overview: Callable[[], PlaneEmbedding] | None = None,
     ) -> Prediction:
         """Segment one object per prompt. ``multimask=None`` uses SAM's three candidate masks (best predicted IoU)
         for a lone positive click, where one click is ambiguous, and the single-mask output otherwise.
-        ``output`` forces one mask token for every object (0: single-mask output, 1–3: the candidates)."""
+        ``output`` forces one mask token for every object (0: single-mask output, 1–3: the candidates).
+
+        overview: on a tiled plane, gives the embedding of the whole plane resized to the model input (called only
+        when needed). An object larger than a tile is cut at the tile's edge, so an object whose box leaves its tile
+        or whose mask reaches an inner edge of its tile is decoded again on the overview (``tile_index`` -1)."""
         if len(prompts) == 0:
             raise PromptError("no prompts given: add at least one point or box")
         h, w = embedding.plane_shape
@@ -162,6 +167,17 @@ class Predictor:
             masks[members, r0:r1, c0:c1] = (full > 0).numpy()
             if logits_full is not None:
                 logits_full[members, r0:r1, c0:c1] = full.numpy()
+        cut = [
+            i for i in range(n) if overview is not None and _cut_by_tile(checked[i], masks[i], embedding, tile_of[i])
+        ]
+        if cut:
+            whole = self.predict(
+                overview(), [checked[i] for i in cut], multimask=multimask, output=output, return_logits=return_logits
+            )
+            masks[cut], scores[cut], tile_of[cut] = whole.masks, whole.scores, -1
+            low_res[cut] = F.interpolate(whole.low_res_logits, size=(grid, grid), mode="bilinear", align_corners=False)
+            if logits_full is not None:
+                logits_full[cut] = whole.logits
         return Prediction(masks, scores, tile_of, low_res, logits_full)
 
 
@@ -231,6 +247,27 @@ def _check_prompt(prompt: ObjectPrompt, index: int, shape: tuple[int, int]) -> O
     if points is not None and box is None and mask is None and not (labels == 1).any():
         raise PromptError(f"object {index} has only negative points: add a positive point or a box")
     return ObjectPrompt(points, labels, box, mask)
+
+
+def _cut_by_tile(prompt: ObjectPrompt, mask: np.ndarray, embedding: PlaneEmbedding, tile: int, band: int = 2) -> bool:
+    """Whether an object decoded in ``tile`` may be cut by it: its box leaves the tile, or its mask touches a tile
+    edge inside the plane (within ``band`` pixels). Never on an untiled plane."""
+    if len(embedding.tiles) == 1:
+        return False
+    r0, c0, r1, c1 = embedding.tiles[tile]
+    h, w = embedding.plane_shape
+    if prompt.box is not None:
+        b = prompt.box
+        if b[0] < r0 or b[1] < c0 or b[2] > r1 - 1 or b[3] > c1 - 1:
+            return True
+    inner = mask[r0:r1, c0:c1]
+    edges = [
+        (r0 > 0, inner[:band]),
+        (r1 < h, inner[-band:]),
+        (c0 > 0, inner[:, :band]),
+        (c1 < w, inner[:, -band:]),
+    ]
+    return any(inside and part.any() for inside, part in edges)
 
 
 def _layout(prompt: ObjectPrompt) -> tuple[int, bool]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embeddings import EmbeddingStore, Tiling
+from .embeddings import EmbeddingStore, PlaneEmbedding, Tiling
 from .image import Channel, as_volume
 from .models.registry import BUNDLED_NAME, SamModel, load_model
 from .predictor import ObjectPrompt, Prediction, Predictor, PromptError
@@ -35,6 +35,7 @@ class Segmenter:
         self.cache_root = cache_root
         self.tiling = tiling or Tiling()
         self.store: EmbeddingStore | None = None
+        self._overview: EmbeddingStore | None = None  # the whole plane resized to the model input, for large objects
 
     def set_image(
         self,
@@ -47,6 +48,7 @@ class Segmenter:
         """Use ``image`` from now on (see ``as_volume`` for the accepted layouts). Encoding happens lazily."""
         volume = as_volume(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
         self.store = EmbeddingStore(self.model, volume, tiling=self.tiling, cache_root=self.cache_root)
+        self._overview = None
 
     @property
     def _store(self) -> EmbeddingStore:
@@ -80,8 +82,20 @@ class Segmenter:
         yield from self._store.encode_all(planes, should_stop)
 
     def segment(self, prompts: list[ObjectPrompt], plane: int = 0, **kwargs) -> Prediction:
-        """One mask per prompt on ``plane`` (see ``Predictor.predict`` for the options)."""
-        return self.predictor.predict(self._store.plane(self._check_plane(plane)), prompts, **kwargs)
+        """One mask per prompt on ``plane`` (see ``Predictor.predict`` for the options). On a tiled plane, objects
+        larger than a tile are decoded on the whole plane resized to the model input (encoded when first needed)."""
+        plane = self._check_plane(plane)
+        return self.predictor.predict(
+            self._store.plane(plane), prompts, overview=lambda: self._overview_plane(plane), **kwargs
+        )
+
+    def _overview_plane(self, plane: int) -> PlaneEmbedding:
+        if self._overview is None:
+            store = self._store
+            self._overview = EmbeddingStore(
+                self.model, store.volume, tiling=Tiling(mode="never"), cache_root=self.cache_root
+            )
+        return self._overview.plane(plane)
 
     def segment_points(self, points: np.ndarray, labels: np.ndarray | None = None, plane: int = 0) -> Prediction:
         """One object per positive point; every negative point is shared by all objects.
