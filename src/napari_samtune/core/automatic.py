@@ -127,28 +127,36 @@ class InstanceSettings:
 def click_grid(embedding: PlaneEmbedding, points_per_side: int) -> np.ndarray:
     """``(N, 2)`` float (row, col) clicks on a regular grid over the plane, centred in their cells, about
     ``points_per_side`` per side of one encoder tile (the whole plane when it is not tiled)."""
-    spacing = embedding.input_size / embedding.scale / points_per_side
+    return grid_points(embedding.plane_shape, embedding.input_size / embedding.scale / points_per_side)
+
+
+def grid_points(shape: tuple[int, int], spacing: float) -> np.ndarray:
+    """``(N, 2)`` (row, col) centres of a grid of cells about ``spacing`` pixels wide that tiles ``shape`` exactly."""
 
     def centres(side: int) -> np.ndarray:
         n = max(1, round(side / spacing))
         return (np.arange(n) + 0.5) * side / n
 
-    rows, cols = (centres(side) for side in embedding.plane_shape)
+    rows, cols = (centres(side) for side in shape)
     return np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
 
 
 def segment_instances(
-    predictor: Predictor, embedding: PlaneEmbedding, settings: InstanceSettings | None = None
+    predictor: Predictor,
+    embedding: PlaneEmbedding,
+    settings: InstanceSettings | None = None,
+    clicks: np.ndarray | None = None,
 ) -> np.ndarray:
     """Every object of one encoded plane without user prompts: ``(H, W)`` int32 labels, ids 1… by mask quality.
 
-    Masks are painted largest first, so a smaller object inside a larger one stays visible.
+    Masks are painted largest first, so a smaller object inside a larger one stays visible. ``clicks`` ``(N, 2)``
+    (row, col) replaces the plane's own click grid (block-wise work passes the whole image's grid).
     """
     s = settings or InstanceSettings()
     h, w = embedding.plane_shape
     tile_area = (embedding.tiles[:, 2] - embedding.tiles[:, 0]) * (embedding.tiles[:, 3] - embedding.tiles[:, 1])
     candidates: list[_Mask] = []
-    clicks = click_grid(embedding, s.points_per_side)
+    clicks = click_grid(embedding, s.points_per_side) if clicks is None else clicks
     for start in range(0, len(clicks), _CLICKS_PER_CALL):
         prompts = [ObjectPrompt(points=c[None]) for c in clicks[start : start + _CLICKS_PER_CALL]]
         out = predictor.predict(embedding, prompts, return_logits=True)
@@ -166,7 +174,7 @@ def segment_instances(
         kept[index].paint(labels, index + 1)
     ids, areas = np.unique(labels[labels > 0], return_counts=True)
     labels[np.isin(labels, ids[areas < s.min_area])] = 0
-    return _renumber(labels)
+    return renumber_labels(labels)
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,7 @@ class _Mask:
         labels[r0:r1, c0:c1][self.crop] = value
 
 
-def _renumber(labels: np.ndarray) -> np.ndarray:
+def renumber_labels(labels: np.ndarray) -> np.ndarray:
     ids = np.unique(labels)
     ids = ids[ids > 0]
     lookup = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
