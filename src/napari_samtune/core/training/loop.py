@@ -120,6 +120,18 @@ class Method(Protocol):
         ...
 
 
+class StepSync(Protocol):
+    """Hooks for training in several processes at once (``distributed.GradientSync``): ``rng_key`` is appended to
+    each step's random seed, ``agree`` turns this process's stop reason (None, "budget", "cancelled") into the one
+    of all processes, ``reduce`` averages a level's gradients and losses over them after its backward."""
+
+    rng_key: tuple[int, ...]
+
+    def agree(self, stop: str | None) -> str | None: ...
+
+    def reduce(self, params: list[torch.nn.Parameter], losses: dict[str, float]) -> dict[str, float]: ...
+
+
 @dataclass
 class TrainEvent:
     """Progress of the loop: after each step (and each validation)."""
@@ -149,11 +161,13 @@ def run_training(
     config: TrainConfig,
     should_stop: Callable[[], bool] = lambda: False,
     device: torch.device | None = None,
+    sync: StepSync | None = None,
 ) -> Iterator[TrainEvent]:
     """Train ``method``; yields ``TrainEvent``s and returns a ``TrainResult`` (the generator's return value).
 
     At the end (done, time budget or ``should_stop``) the parameters hold the best validated weights. Repeated
-    NaN/inf losses or gradients raise ``TrainingError`` after restoring the last good weights.
+    NaN/inf losses or gradients raise ``TrainingError`` after restoring the last good weights. ``sync``: this
+    process is one of several training together (see ``distributed``); None (default) trains alone.
     """
     torch.manual_seed(config.seed)
     levels = method.levels()
@@ -175,14 +189,16 @@ def run_training(
     yield TrainEvent(0, config.steps, {}, 0.0, 0.0, math.nan, best, best, "initial validation")
     bad_in_a_row, step, stopped = 0, 0, "done"
     while step < config.steps:
-        if should_stop():
-            stopped = "cancelled"
-            break
         elapsed = time.monotonic() - start
-        if config.time_budget_s is not None and elapsed >= config.time_budget_s:
-            stopped = "budget"
+        stop = "cancelled" if should_stop() else None
+        if stop is None and config.time_budget_s is not None and elapsed >= config.time_budget_s:
+            stop = "budget"
+        if sync is not None:
+            stop = sync.agree(stop)
+        if stop is not None:
+            stopped = stop
             break
-        rng = np.random.default_rng([config.seed, step])
+        rng = np.random.default_rng([config.seed, step, *(sync.rng_key if sync is not None else ())])
         step_start = time.monotonic()
         factor = config.lr_factor(step) * lr_scale
         losses: dict[str, float] = {}
@@ -193,6 +209,8 @@ def run_training(
             optimizer.zero_grad(set_to_none=True)
             with amp:
                 out = level.backward(step, rng)
+            if sync is not None:
+                out = sync.reduce(level.params, out)
             losses.update({f"{level.name}/{k}" if len(levels) > 1 else k: v for k, v in out.items()})
             if not _finite(out.get("loss", 0.0), level.params):
                 ok = False
