@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_samtune.core.training.prompts import interior_point
+from napari_samtune.core.mask_geometry import interior_point
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import click_row_col, data_folder, exact_box, iou, set_threads, target
 from napari_samtune.core.datasets import Pair, load_pairs, split_pairs
 from napari_samtune.core.image import as_volume
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.models.registry import SamModel, load_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter
@@ -188,14 +189,12 @@ def semi_supervised(
         settings = replace(settings, **filters) if filters and method == "sum" else settings
         start, objects = time.process_time(), []
         training = fine_tune(model, data[method == "sum"], method, settings, config, cache_root=cache)
-        while True:
-            try:
-                event = next(training)
-            except StopIteration as stop:
-                result = stop.value
-                break
+
+        def count(event, objects: list = objects) -> None:
             if "pseudo_objects" in event.losses:
                 objects.append(event.losses["pseudo_objects"])
+
+        result = drive(training, count)
         seconds[key] = time.process_time() - start
         out[key] = prompted_miou(result.model, test, spec, "click", budget.objects_per_image, cache)
         if method == "sum":
@@ -232,12 +231,7 @@ def weakly_supervised(model: SamModel, name: str, budget: Budget, seed: int) -> 
         work = model.copy()
         runner = WeakSelfTraining(work, data, settings, cache_root=False)
         curve, start, spent = {0: zero_shot}, time.process_time(), 0.0
-        training = run_training(runner, config)
-        while True:
-            try:
-                event = next(training)
-            except StopIteration:
-                break
+        for event in run_training(runner, config):  # the result is not needed: the curve is measured here
             if event.step in checkpoints and event.step not in curve:
                 lap = time.process_time()
                 curve[event.step] = prompted_miou(work, test, spec, "box", budget.objects_per_image, False)

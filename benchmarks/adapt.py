@@ -59,6 +59,7 @@ from napari_samtune.core.automatic import class_logits, logits_to_result, segmen
 from napari_samtune.core.datasets import Pair, load_pairs, split_pairs
 from napari_samtune.core.embeddings import EmbeddingStore, PlaneEmbedding
 from napari_samtune.core.image import as_volume
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.models.registry import SamModel, load_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter
@@ -140,14 +141,12 @@ def run_fine_tune(
         config, stop = TrainConfig(validate_every=every), lambda: CLOCK() - start >= budget
     run = fine_tune(model, data, method, settings, config, should_stop=stop, cache_root=cache)
     seen = {}
-    while True:
-        try:
-            event = next(run)
-        except StopIteration as done:
-            result = done.value
-            break
+
+    def note(event) -> None:
         if event.validation is not None:
             seen[event.step] = CLOCK() - start
+
+    result = drive(run, note)
     end = CLOCK() - start
     return result, end, [(seen.get(h["step"], end), h["validation"]) for h in result.training.history]
 

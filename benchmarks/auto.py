@@ -47,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, data_folder, set_threads, target
 from napari_samtune.core.datasets import load_pairs
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.models.registry import SamModel, load_model
 from napari_samtune.core.training.auto import AutoSettings, MetaKnowledge, SearchSpace, auto_fine_tune
 from napari_samtune.core.training.auto.knowledge import fit_meta_knowledge, read_records
@@ -108,10 +109,7 @@ def finish(run: Generator) -> tuple[FineTuneResult | None, float, str]:
     ``CLOCK``) it took, and why it has no result."""
     started = CLOCK()
     try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        return stop.value, CLOCK() - started, ""
+        return drive(run), CLOCK() - started, ""
     except ValueError as error:  # "a time budget of ... is too short to train any configuration"
         return None, CLOCK() - started, str(error)
 

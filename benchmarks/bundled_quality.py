@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_arguments, click_row_col, data_folder, exact_box, iou, set_threads, target
 from napari_samtune.core.automatic import segment_without_prompts
 from napari_samtune.core.datasets import load_pairs
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.metrics import match_instances
 from napari_samtune.core.models.registry import load_model
 from napari_samtune.core.predictor import ObjectPrompt
@@ -106,12 +107,7 @@ def every_object_f1(segmenter: Segmenter, pairs) -> dict[str, float]:
     counts = {"model": np.zeros(3), "otsu_watershed": np.zeros(3)}
     for image, labels in pairs:
         segmenter.set_image(image)
-        run = segment_without_prompts(segmenter)
-        try:
-            while True:
-                next(run)
-        except StopIteration as done:
-            predicted = done.value
+        predicted = drive(segment_without_prompts(segmenter))
         for name, pred in (("model", predicted), ("otsu_watershed", otsu_watershed(image))):
             m = match_instances(pred, labels)
             counts[name] += (m.n_matched, m.n_pred, m.n_true)

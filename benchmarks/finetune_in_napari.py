@@ -47,17 +47,13 @@ def small_model() -> SamModel:
 
 
 def script_run(model: SamModel, image: np.ndarray, labels: np.ndarray, method: str, config: TrainConfig) -> dict:
+    from napari_samtune.core.jobs import drive
     from napari_samtune.services.training import TrainingInputs, fine_tune_job
 
     inputs = TrainingInputs([image], [labels], ["nuclei"], True, [], {})
     job = fine_tune_job(lambda: model, inputs, method, config, "cpu", should_stop=lambda: False)
     start = time.perf_counter()
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            training = stop.value[1].training
-            break
+    training = drive(job)[1].training
     return {"steps_per_s": training.steps / training.elapsed_s, "wall_s": time.perf_counter() - start}
 
 

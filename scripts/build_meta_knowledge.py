@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from napari_samtune.core.datasets import load_pairs
-from napari_samtune.core.models import SamArchitecture, SamModel, build_sam
+from napari_samtune.core.models import SamModel
 from napari_samtune.core.models.registry import load_model
+from napari_samtune.core.models.tiny import tiny_model
 from napari_samtune.core.synthetic import SCENE_KINDS, make_scenes
 from napari_samtune.core.training.auto.features import dataset_features
 from napari_samtune.core.training.auto.knowledge import (
@@ -67,29 +68,11 @@ LADDER_BASE = {"units_per_step": 2, "objects_per_unit": 4, "corrective_rounds": 
 # Costs in CPU seconds of this (single-threaded) process: on a shared machine, wall seconds measure the neighbours.
 CLOCK = time.process_time
 SYNTHETIC_SEED = 500_000  # scene seeds far from those of pretraining (which start at 0)
-# A randomly initialised model of the tests' size: smoke runs only (its curves say little about a trained model).
-TINY = SamArchitecture(
-    img_size=64,
-    patch_size=8,
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    window_size=4,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_depth=1,
-    decoder_mlp_dim=64,
-    decoder_num_heads=2,
-    iou_head_hidden_dim=32,
-    conv_stem_channels=(8, 16, 32),
-)
 
 
 def get_model(name: str, checkpoint: str | None) -> SamModel:
     if name == "tiny":
-        torch.manual_seed(0)
-        return SamModel(build_sam(TINY), "tiny", TINY, "random-seed0", torch.device("cpu"))
+        return tiny_model()  # the tests' size, randomly initialised: smoke runs only (its curves say little)
     return load_model(name, checkpoint=checkpoint)
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.mask_geometry import interior_point
 from .core.metrics import iou, match_instances
 from .core.models.registry import ModelError
-from .core.training.prompts import interior_point
 
 SAMPLE = "nuclei"
 SPLIT = 128  # columns [0, SPLIT) are trained on, [SPLIT, end) only evaluated

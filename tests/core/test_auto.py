@@ -12,6 +12,7 @@ import peft  # noqa: F401  (a one-off import of seconds: not what the budget tes
 import pytest
 import torch
 
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.training.auto import AutoSettings, Configuration, SearchSpace, load_meta_knowledge
 from napari_samtune.core.training.auto.features import dataset_features, dataset_vector, predictor_input
 from napari_samtune.core.training.auto.knowledge import (
@@ -210,11 +211,7 @@ def test_the_search_keeps_to_a_short_budget_and_returns_the_best_trial():
     started = time.monotonic()
     run = fine_tune(make_model(), discs(), "auto", settings, TrainConfig(time_budget_s=budget), cache_root=False)
     events = []
-    try:
-        while True:
-            events.append(next(run))
-    except StopIteration as stop:
-        result = stop.value
+    result = drive(run, events.append)
     elapsed = time.monotonic() - started
     assert elapsed <= budget * 1.05 + 0.5
     assert events and all(e.elapsed_s <= budget for e in events)
@@ -230,11 +227,7 @@ def test_a_budget_too_short_to_search_trains_the_default_configuration_for_all_o
     settings = AutoSettings(candidates=8, min_search_steps=10**6)
     started = time.monotonic()
     run = fine_tune(make_model(), discs(), "auto", settings, TrainConfig(time_budget_s=budget), cache_root=False)
-    try:
-        while True:
-            next(run)
-    except StopIteration as stop:
-        result = stop.value
+    result = drive(run)
     elapsed = time.monotonic() - started
     auto = result.adapter.metrics["auto"]
     assert auto["searched"] is False and len(auto["trials"]) == 1

@@ -14,6 +14,7 @@ from napari_samtune.core.automatic import (
     segment_without_prompts,
 )
 from napari_samtune.core.embeddings import PlaneEmbedding
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.predictor import Prediction
 from napari_samtune.core.segmenter import Segmenter
 
@@ -109,11 +110,7 @@ def test_segment_without_prompts_labels_every_plane_of_a_stack(tiny_model):
 
     def run(job):
         events = []
-        while True:
-            try:
-                events.append(next(job))
-            except StopIteration as stop:
-                return events, stop.value
+        return events, drive(job, events.append)
 
     events, labels = run(segment_without_prompts(segmenter, settings))
     assert [e["done"] for e in events] == [1, 2] and labels.shape == stack.shape and labels.dtype == np.int32

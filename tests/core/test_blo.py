@@ -13,6 +13,7 @@ from napari_samtune.core.automatic import class_logits, segment_automatic
 from napari_samtune.core.decoder import decode_tokens, dense_positional_encoding, embed_dense
 from napari_samtune.core.embeddings import EmbeddingStore, PlaneEmbedding
 from napari_samtune.core.image import as_volume
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.training.adapters import apply_adapter, load_adapter, save_adapter
 from napari_samtune.core.training.blo import BLOPromptLearning, BLOSettings, split_indices
 from napari_samtune.core.training.data import TrainingData, prepare_training_data
@@ -51,11 +52,7 @@ def three_class_data(n: int = 4, size: int = 64) -> TrainingData:
 def run(generator):
     """Iterate a training generator; return (events, return value)."""
     events = []
-    try:
-        while True:
-            events.append(next(generator))
-    except StopIteration as stop:
-        return events, stop.value
+    return events, drive(generator, events.append)
 
 
 def embed(model, image: np.ndarray) -> PlaneEmbedding:

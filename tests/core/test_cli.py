@@ -16,6 +16,7 @@ from napari_samtune.cli import main
 from napari_samtune.core import metrics
 from napari_samtune.core.automatic import InstanceSettings, segment_automatic, segment_instances
 from napari_samtune.core.datasets import load_folder_pairs
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.models import load_model, save_model
 from napari_samtune.core.models.registry import available_models
 from napari_samtune.core.predictor import ObjectPrompt
@@ -211,12 +212,7 @@ def test_finetune_writes_the_adapter_fine_tune_makes_and_it_fits_the_base_model(
     pairs = load_folder_pairs(folders["images"], folders["masks"])
     data = prepare_training_data([p.image for p in pairs], [p.labels for p in pairs], seed=3)
     run = fine_tune(base, data, config=TrainConfig(steps=12, seed=3), cache_root=False)
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            expected = stop.value.adapter
-            break
+    expected = drive(run).adapter
     assert expected.modules.keys() == adapter.modules.keys() == {"mask_decoder"}
     for key, value in expected.modules["mask_decoder"].items():
         torch.testing.assert_close(adapter.modules["mask_decoder"][key], value)

@@ -12,6 +12,7 @@ from segment_anything.modeling import ImageEncoderViT
 from skimage.draw import disk
 
 from napari_samtune.core.embeddings import EmbeddingStore
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.training.data import prepare_training_data
 from napari_samtune.core.training.fine_tune import fine_tune
 from napari_samtune.core.training.interactive import InteractiveFineTuning, InteractiveSettings, click_ious
@@ -47,11 +48,7 @@ def disc_scenes(n: int, size: int, radius: tuple[int, int], per_image: int = 1, 
 def run(gen, events=None):
     """Iterate a training generator; return (events, its return value)."""
     events = [] if events is None else events
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drive(gen, events.append)
 
 
 def state_of(model) -> dict[str, torch.Tensor]:
@@ -123,13 +120,12 @@ def test_a_cancelled_fine_tune_leaves_the_original_model_bit_identical(small_dat
         should_stop=lambda: len(events) >= 3,
         cache_root=False,
     )
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def seen(event) -> None:
+        events.append(event)
         assert_same_state(model, before)  # also while the copy is being trained
+
+    result = drive(gen, seen)
     assert result.cancelled and result.training.stopped == "cancelled" and result.training.steps == 2
     assert result.adapter.metrics["stopped"] == "cancelled"
     assert_same_state(model, before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.propagation import PropagationSettings, prompt_from_mask, propagate
 
 
@@ -41,11 +42,7 @@ class OracleSegmenter:
 
 def run(generator):
     events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drive(generator, events.append)
 
 
 def test_the_walk_covers_the_object_and_stops_where_it_vanishes():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.training import sum as sum_module
 from napari_samtune.core.training.data import TrainingData, WeakLabels, prepare_training_data
 from napari_samtune.core.training.fine_tune import fine_tune
@@ -58,11 +59,7 @@ LENIENT = {"pred_iou_threshold": 0.0, "stability_threshold": 0.0, "refinement_st
 
 
 def _finish(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return drive(generator)
 
 
 def test_uncertainty_weighting_on_a_hand_checkable_case():

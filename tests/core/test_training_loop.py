@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.training.loop import (
     SCHEDULES,
     VALIDATIONS,
@@ -27,11 +28,7 @@ TARGET = torch.tensor([1.0, -2.0, 3.0])
 def run(gen):
     """Iterate a training generator; return (events, result)."""
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drive(gen, events.append)
 
 
 class Fit:

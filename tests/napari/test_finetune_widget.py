@@ -9,6 +9,7 @@ from qtpy.QtCore import QTimer
 
 from napari_samtune._qt.prompt_widget import ADAPTER_FILE
 from napari_samtune.core.automatic import segment_automatic, segment_without_prompts
+from napari_samtune.core.jobs import drive
 from napari_samtune.core.models import load_model, save_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter
@@ -54,11 +55,7 @@ def encoded(model, image) -> Segmenter:
 
 def run(job):
     """Iterate a job generator; its return value."""
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
+    return drive(job)
 
 
 def logits(model, image) -> np.ndarray:

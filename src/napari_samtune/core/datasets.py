@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SamtuneError
 from .io import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -19,7 +20,7 @@ class Pair:
     labels: np.ndarray
 
 
-class DatasetError(FileNotFoundError):
+class DatasetError(SamtuneError, FileNotFoundError):
     """Image and label folders that cannot be paired; the message names the folder and what to do."""
 
 

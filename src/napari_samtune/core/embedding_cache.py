@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import SamtuneError
 from .models.registry import cache_dir
 
 DEFAULT_MAX_GB = 20.0
 RECENT_S = 15 * 60
 
 
-class CacheError(RuntimeError):
+class CacheError(SamtuneError, RuntimeError):
     """An embedding cache that cannot be used; the message names the store and what to do."""
 
 

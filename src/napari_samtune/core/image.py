@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import SamtuneError
+
 Channel = int | str  # an index, or "mean" to average the channels, or "rgb" for the first three
 
 
-class ImageError(ValueError):
+class ImageError(SamtuneError, ValueError):
     """An image that cannot be segmented as given; the message says what to pass instead."""
 
 

@@ -8,6 +8,7 @@ to make in a fallback folder when its destination fails at the last moment.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -16,12 +17,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .errors import SamtuneError
 from .image import ImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-class OutputError(ValueError):
+class OutputError(SamtuneError, ValueError):
     """An output path that must not or cannot be written; the message names it and what to do."""
 
 
@@ -168,3 +170,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if "plugin" in reason.lower() or "could not find a backend" in reason.lower():
             reason = f"not a valid {path.suffix or 'image'} file (damaged, truncated or another format)"
         raise ImageError(f"cannot read image {path}: {reason}") from error
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write a label image (TIFF, stacks too, or any format imageio writes, e.g. PNG for 2D) atomically, as uint16
+    when the ids fit; returns the path. Raises ``ImageError`` when the format cannot hold it."""
+    path = Path(path)
+    labels = labels.astype(np.uint16 if labels.max(initial=0) < 2**16 else np.uint32)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            buffer = io.BytesIO()
+            tifffile.imwrite(buffer, labels)
+            data = buffer.getvalue()
+        else:
+            import imageio.v3 as iio
+
+            data = iio.imwrite("<bytes>", labels, extension=path.suffix)
+    except Exception as error:  # the format cannot hold this label image (e.g. a stack or 32-bit ids in PNG)
+        raise ImageError(f"cannot write labels to {path} ({error}); write a .tif instead") from error
+    atomic_write(path, lambda handle: handle.write(data))
+    return path

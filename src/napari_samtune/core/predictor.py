@@ -25,10 +25,11 @@ from .decoder import (
     prepare_image,
 )
 from .embeddings import PlaneEmbedding
+from .errors import SamtuneError
 from .models.registry import SamModel
 
 
-class PromptError(ValueError):
+class PromptError(SamtuneError, ValueError):
     """A prompt that cannot be used; the message says which object and why."""
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mask_geometry import interior_point
 from .metrics import iou
 from .predictor import ObjectPrompt
 from .segmenter import Segmenter
-from .training.prompts import interior_point
 
 
 @dataclass(frozen=True)

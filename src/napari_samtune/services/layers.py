@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
+from ..core.errors import SamtuneError
 from ..core.predictor import ObjectPrompt
 from ..core.segmenter import masks_to_labels
 
@@ -19,7 +20,7 @@ POSITIVE, NEGATIVE = "positive", "negative"
 POLARITY_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
 
 
-class LayerError(ValueError):
+class LayerError(SamtuneError, ValueError):
     """Layers that do not fit together or cannot be used; the message names them and says what to do."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling import Sam
 
+from ..errors import SamtuneError
 from . import zoo
 from .architecture import (
     SamArchitecture,
@@ -27,7 +28,7 @@ MODEL_FILE_FORMAT = "napari-samtune-model"
 BUNDLED_NAME = "samtune_small"
 
 
-class ModelError(RuntimeError):
+class ModelError(SamtuneError, RuntimeError):
     """A model that cannot be loaded; the message says which file and what to do."""
 
 
@@ -139,9 +140,23 @@ def default_device(preferred: str | torch.device | None = None) -> torch.device:
         return check_device(choice, "device" if preferred else "SAMTUNE_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    """The torch device types usable here: "cpu", then "cuda" and "mps" where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def check_device(choice: str | torch.device, setting: str = "device") -> torch.device:

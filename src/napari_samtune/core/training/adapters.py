@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SamtuneError
 from ..io import atomic_write, write_or_keep
 from ..models.registry import SamModel
 from .lora import LoraSettings, load_lora_state, lora_state, state_hash
@@ -24,7 +25,7 @@ ADAPTER_VERSION = 2  # 2: the contents' sha256 is stored and verified
 TRAINABLE_MODULES = ("mask_decoder", "prompt_encoder")
 
 
-class AdapterError(ValueError):
+class AdapterError(SamtuneError, ValueError):
     """An adapter file that cannot be used with the given model; the message says why and what to do."""
 
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..errors import SamtuneError
 from ..image import Volume, as_volume
 
 
-class DataError(ValueError):
+class DataError(SamtuneError, ValueError):
     """Training data that cannot be used as given; the message names the image and what to fix."""
 
 

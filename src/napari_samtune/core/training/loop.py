@@ -19,8 +19,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import SamtuneError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(SamtuneError, RuntimeError):
     """Training could not go on; the model was restored to its last good state."""
 
 
@@ -145,6 +147,15 @@ class TrainEvent:
     validation: float | None = None
     best: float | None = None
     note: str = ""
+
+
+def headline_loss(losses: dict[str, float]) -> float | None:
+    """The total loss of a step from its ``TrainEvent.losses``: ``"loss"``, else the mean of the levels'
+    ``".../loss"`` (BLO's two levels); None before any step."""
+    if "loss" in losses:
+        return losses["loss"]
+    levels = [v for k, v in losses.items() if k.endswith("/loss")]
+    return float(np.mean(levels)) if levels else None
 
 
 @dataclass

@@ -8,24 +8,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..mask_geometry import deepest_point, interior_point, mask_box
 
-def _deepest(mask: np.ndarray) -> tuple[float, int, int]:
-    """(distance, row, column) of the first maximum (row-major) of the distance to the nearest pixel outside
-    ``mask`` (the image's outside counts as outside); (0, 0, 0) for an empty mask. Computed on the mask's bounding
-    box padded by one pixel, which gives exactly the whole image's transform inside it, at a fraction of the cost."""
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return 0.0, 0, 0
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    dist = ndimage.distance_transform_edt(np.pad(mask[y0:y1, x0:x1], 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(np.argmax(dist), dist.shape)
-    return float(dist[y, x]), int(y + y0), int(x + x0)
-
-
-def interior_point(mask: np.ndarray) -> tuple[float, float]:
-    """The pixel farthest from the mask's border (maximum of the distance transform), as (x, y)."""
-    _, y, x = _deepest(mask)
-    return float(x), float(y)
+# interior_point and mask_box are part of the simulated user's vocabulary (and the pretraining recipe's imports).
+__all__ = ["corrective_click", "interior_point", "jittered_box", "mask_box", "random_click"]
 
 
 def random_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
@@ -37,12 +23,6 @@ def random_click(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, flo
     idx = rng.choice(dist.size, p=dist / dist.sum())
     y, x = np.unravel_index(idx, (y1 - y0, x1 - x0))
     return float(x + x0), float(y + y0)
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight box (x0, y0, x1, y1) of a mask, with x1/y1 the last pixel's coordinate."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
 
 
 def jittered_box(mask: np.ndarray, rng: np.random.Generator, jitter: float = 0.08) -> np.ndarray:
@@ -61,8 +41,8 @@ def corrective_click(pred: np.ndarray, target: np.ndarray) -> tuple[tuple[float,
     Missed object pixels give a positive click (label 1), extra pixels a negative one (label 0); ``None`` when the
     prediction is already exact.
     """
-    missed = _deepest(target & ~pred)
-    extra = _deepest(pred & ~target)
+    missed = deepest_point(target & ~pred)
+    extra = deepest_point(pred & ~target)
     if missed[0] == 0 and extra[0] == 0:
         return None
     positive = missed[0] >= extra[0]

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from ..decoder import decode, dense_positional_encoding, pack_prompts
 from ..embeddings import Tiling, tile_grid
 from ..image import Volume
+from ..mask_geometry import mask_box
 from ..models.registry import SamModel
 from .data import Item, TrainingData, WeakLabels, instances_of
 from .interactive import _Objects, box_ious, module_state, trainable_parameters
 from .loop import Level
 from .lora import LoraSettings, lora_state
 from .losses import dice_loss, mask_losses
-from .prompts import mask_box
 from .units import Unit, build_units, unit_embeddings
 
 _DECODE_CHUNK = 64  # prompts per anchor decoder call: bounds the (N, C, h, w) memory of a shared embedding

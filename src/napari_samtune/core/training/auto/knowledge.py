@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import SamtuneError
 from ...io import atomic_write
 from .features import DATASET_FEATURES, curve_examples, dataset_vector
 from .predictors import COSTS, CostPredictor, PerformancePredictor, fit_costs, fit_performance
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 META_FILE = "auto_meta.npz"
 
 
-class MetaKnowledgeError(ValueError):
+class MetaKnowledgeError(SamtuneError, ValueError):
     """A meta-knowledge file that cannot be used; the message says how to rebuild it."""
 
 
