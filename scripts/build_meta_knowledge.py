@@ -52,7 +52,7 @@ from napari_samtune.core.training.auto.knowledge import (
 from napari_samtune.core.training.auto.space import RUNGS, Configuration, SearchSpace, space_version
 from napari_samtune.core.training.auto.trial import Trial
 from napari_samtune.core.training.data import TrainingData, prepare_training_data
-from napari_samtune.core.training.fine_tune import METHODS
+from napari_samtune.core.training.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = (
@@ -72,7 +72,8 @@ SYNTHETIC_SEED = 500_000  # scene seeds far from those of pretraining (which sta
 
 def get_model(name: str, checkpoint: str | None) -> SamModel:
     if name == "tiny":
-        return tiny_model()  # the tests' size, randomly initialised: smoke runs only (its curves say little)
+        # The tests' size, randomly initialised: smoke runs only (its curves say little about a trained model).
+        return tiny_model(weights_id="random-seed0")
     return load_model(name, checkpoint=checkpoint)
 
 

@@ -7,7 +7,8 @@ import torch
 from npe2 import PluginManager
 
 from napari_samtune._qt.adapter_reader import get_adapter_reader
-from napari_samtune._qt.prompt_widget import ADAPTER_FILE, PromptWidget
+from napari_samtune._qt.model_choice import ADAPTER_FILE
+from napari_samtune._qt.prompt_widget import PromptWidget
 from napari_samtune.core.models import load_model
 from napari_samtune.core.training.adapters import Adapter, save_adapter
 from napari_samtune.services.models import ADAPTER

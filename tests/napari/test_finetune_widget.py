@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from qtpy.QtCore import QTimer
 
-from napari_samtune._qt.prompt_widget import ADAPTER_FILE
+from napari_samtune._qt.model_choice import ADAPTER_FILE
 from napari_samtune.core.automatic import segment_automatic, segment_without_prompts
 from napari_samtune.core.jobs import drive
 from napari_samtune.core.models import load_model, save_model

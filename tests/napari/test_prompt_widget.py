@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from napari.layers import Labels
 
-from napari_samtune._qt.prompt_widget import CHECKPOINT_FILE
+from napari_samtune._qt.model_choice import CHECKPOINT_FILE
 from napari_samtune.core.models import build_sam, save_model
 from napari_samtune.core.predictor import ObjectPrompt
 from napari_samtune.core.segmenter import Segmenter, masks_to_labels

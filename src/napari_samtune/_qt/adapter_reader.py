@@ -32,7 +32,7 @@ def read_adapter(path: str | list[str]) -> list[tuple]:
     import napari
 
     from ..core.training.adapters import load_adapter
-    from .prompt_widget import ADAPTER_FILE
+    from .model_choice import ADAPTER_FILE
 
     path = Path(path if isinstance(path, str) else path[0])
     adapter = load_adapter(path)  # refuse a damaged or foreign file before touching the widget

@@ -2,7 +2,8 @@
 
 The widget only translates: ``services.training`` reads the layers and runs ``core.training.fine_tune`` as a job
 (``workers.run_job``: a worker thread with a progress bar), ``services.automatic`` makes the prompt-free result.
-The adapted model goes to the prompt widgets of this viewer; a cancelled or failed run changes nothing.
+The adapted model becomes the model of the viewer's ``services.session.Session`` (so 'Segment with prompts' uses
+it); a cancelled or failed run changes nothing.
 """
 
 # No ``from __future__ import annotations``: napari injects the viewer only for a real ``Viewer`` annotation.
@@ -17,30 +18,20 @@ from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 
-from ..core.embeddings import CacheError
-from ..core.image import ImageError
-from ..core.models.registry import BUNDLED_NAME, ModelError, SamModel, default_device, load_model
-from ..core.training.adapters import AdapterError, save_adapter
-from ..core.training.data import DataError
-from ..core.training.fine_tune import FineTuneResult
-from ..core.training.loop import TrainConfig, TrainingError
+from ..core.errors import SamtuneError
+from ..core.models.registry import BUNDLED_NAME, SamModel, available_devices, default_device, load_model
+from ..core.training.adapters import save_adapter
+from ..core.training.loop import TrainConfig, headline_loss
+from ..core.training.methods import FineTuneResult
 from ..services.automatic import automatic_job, describe_prompt_free
-from ..services.layers import LayerError
-from ..services.training import (
-    TrainingPair,
-    available_devices,
-    fine_tune_job,
-    headline_loss,
-    method_choices,
-    read_training_layers,
-)
+from ..services.session import session_for
+from ..services.training import TrainingPair, fine_tune_job, method_choices, read_training_layers
 from .connections import Connections
-from .prompt_widget import prompt_widgets
 from .training_plot import TrainingPlot
 from .workers import run_job
 
 # ValueError: the core's messages for settings that do not fit the data (e.g. SUM without unlabeled images).
-USER_ERRORS = (AdapterError, CacheError, DataError, ImageError, LayerError, ModelError, TrainingError, ValueError)
+USER_ERRORS = (SamtuneError, ValueError)
 log = logging.getLogger(__name__)
 
 
@@ -105,29 +96,30 @@ class FineTuneWidget(Container):
         self.extend([self._automatic, self._adapter_file, self._save])
 
         self._pairs: list[TrainingPair] = []
-        self._model: SamModel | None = None  # set_model's; else the prompt widget's, else the bundled model
-        self._result: FineTuneResult | None = None
-        self._base: SamModel | None = None  # what the result was trained from
+        self._session = session_for(viewer)
         self._stop = False
         self._running = False
         self._connections = Connections()
         self.native.destroyed.connect(self._connections.close)
         self._connections.listen(viewer.layers.events.removed, self._on_layer_removed)
+        self._connections.listen(self._session.events.result, self._show_result)
         self._add_pair.clicked.connect(self._on_add_pair)
         self._clear_pairs.clicked.connect(self._on_clear_pairs)
         self._train.clicked.connect(self._on_train)
         self._automatic.clicked.connect(self._on_automatic)
         self._save.clicked.connect(self._on_save)
         self._show_pairs()
+        if self._session.result is not None:
+            self._show_result()
 
     @property
     def result(self) -> FineTuneResult | None:
-        """The last successful fine-tune (its ``model`` and ``adapter``), or None."""
-        return self._result
+        """The last successful fine-tune of this viewer's session (its ``model`` and ``adapter``), or None."""
+        return self._session.result
 
     def set_model(self, model: SamModel) -> None:
-        """Fine-tune ``model`` from now on instead of the prompt widget's (scripts, tests)."""
-        self._model = model
+        """Fine-tune ``model`` from now on: it becomes the session's model (scripts, tests)."""
+        self._session.use_model(model)
 
     def _choices(self, *kinds: type[Layer]) -> Callable[[object], list[tuple[str, Layer]]]:
         def choices(_widget: object) -> list[tuple[str, Layer]]:
@@ -162,15 +154,11 @@ class FineTuneWidget(Container):
 
     def _base_model(self) -> tuple[SamModel | None, str]:
         """The model to fine-tune (None: load the bundled one in the job) and where it comes from."""
-        if self._model is not None:
-            return self._model, "the given model"
-        for widget in prompt_widgets(self._viewer):
-            if (model := widget.loaded_model) is not None:
-                # Fine-tune again from what the handed-over model was trained from, so its adapter stays valid.
-                if self._result is not None and model is self._result.model:
-                    return self._base, "the base of the last fine-tune"
-                return model, "the model of 'Segment with prompts'"
-        return None, f"the bundled model {BUNDLED_NAME}"
+        base = self._session.base_model
+        if base is None:
+            return None, f"the bundled model {BUNDLED_NAME}"
+        # After a fine-tune, again from what its model was trained from, so the adapter stays valid.
+        return base, "the base of the last fine-tune" if base is not self._session.model else "the model in use"
 
     def _on_train(self) -> None:
         if self._running:  # the button reads "Cancel" while training
@@ -213,20 +201,20 @@ class FineTuneWidget(Container):
             show_info("fine-tuning cancelled: the model and the layers are unchanged")
             return
         history = result.training.history
-        self._result, self._base = result, base
-        widgets = prompt_widgets(self._viewer)
-        for widget in widgets:
-            widget.set_model(result.model)
+        self._session.use_result(result, base)
         summary = (
             f"validation {history[0]['validation']:.3f} → {result.training.best_validation:.3f} after "
             f"{result.training.steps} steps ({result.training.stopped}, {result.training.elapsed_s:.0f} s)"
         )
         self._status.value = "done: " + summary
+        show_info(f"fine-tuned: {summary}; it is the model in use ('Segment with prompts') now")
+
+    def _show_result(self, _event: object = None) -> None:
+        """A fine-tune succeeded (here or in a script): its model can segment without prompts, its adapter be saved."""
+        model = self._session.result.model
         self._automatic.enabled = True
-        self._automatic.tooltip = f"Segment the chosen image without prompts: {describe_prompt_free(result.model)}"
+        self._automatic.tooltip = f"Segment the chosen image without prompts: {describe_prompt_free(model)}"
         self._save.enabled = True
-        used = "'Segment with prompts' now uses it" if widgets else "open 'Segment with prompts' to use it"
-        show_info(f"fine-tuned: {summary}; {used}")
 
     def _training_failed(self, error: Exception) -> None:
         self._status.value = "failed: nothing changed"
@@ -244,13 +232,13 @@ class FineTuneWidget(Container):
         self._train.text = "Fine-tune"
 
     def _on_automatic(self) -> None:
-        image = self._image.value
-        if self._result is None or image is None:
+        image, result = self._image.value, self._session.result
+        if result is None or image is None:
             show_error("choose the image to segment, and fine-tune first")
             return
         self._automatic.enabled = False
         run_job(
-            partial(automatic_job, self._result.model, image.data, image.rgb),
+            partial(automatic_job, result.model, image.data, image.rgb),
             description="SAM tune: prompt-free segmentation",
             on_yielded=lambda progress: None,
             on_returned=partial(self._add_automatic, image),
@@ -263,13 +251,13 @@ class FineTuneWidget(Container):
         self._viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate)
 
     def _on_save(self) -> None:
-        if self._result is None:
+        if self._session.result is None:
             show_error("nothing to save yet: fine-tune first")
         elif self._adapter_file.value is None:
             show_error("choose where to save the adapter under 'adapter file'")
         else:
             try:
-                path = save_adapter(self._result.adapter, self._adapter_file.value)
+                path = save_adapter(self._session.result.adapter, self._adapter_file.value)
             except OSError as error:
                 show_error(f"could not save the adapter: {error}")
             else:

@@ -1,39 +1,33 @@
 """Dock widget: segment an image from point and box prompts, preview the objects live, commit them as labels.
 
-The widget only translates: ``services.layers`` reads the prompt layers and writes the results, ``core.Segmenter``
-does the segmenting, and model loading, encoding and following objects through a stack run as jobs
-(``services.segmenting``, run by ``workers.run_job``).
+The widget only translates: it is a view of the viewer's ``services.session.Session`` (the image, the model in use
+and its segmenter), ``services.layers`` reads the prompt layers and writes the results, ``core.Segmenter`` does the
+segmenting, and model loading, encoding and following objects through a stack run as jobs (``services.segmenting``,
+run by ``workers.run_job``).
 """
 
 # No ``from __future__ import annotations``: napari injects the viewer only for a real ``Viewer`` annotation.
 
-from collections.abc import Callable
 from functools import partial
 
-import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
-from napari.layers import Image, Labels, Layer, Points, Shapes
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from superqt.utils import qthrottled
 
-from ..core.embeddings import CacheError
-from ..core.image import ImageError
-from ..core.models.registry import BUNDLED_NAME, MODEL_SOURCES, ModelError, SamModel, available_models, model_purpose
-from ..core.predictor import ObjectPrompt, PromptError
+from ..core.errors import SamtuneError
+from ..core.models.registry import SamModel
+from ..core.predictor import ObjectPrompt
 from ..core.segmenter import Segmenter
-from ..core.training.adapters import AdapterError
 from ..services import layers
 from ..services.layers import LayerError
-from ..services.models import ADAPTER
 from ..services.segmenting import ModelRequest, follow_objects, prepare_segmenter
+from ..services.session import SEGMENTATION, session_for
 from .connections import Connections
+from .model_choice import model_fields, model_request, show_model_fields
 from .workers import run_job
 
-CHECKPOINT_FILE = "checkpoint file…"
-ADAPTER_FILE = "adapter file…"
-USER_ERRORS = (AdapterError, CacheError, ImageError, LayerError, ModelError, PromptError)
-POINTS, BOXES, PREVIEW, SEGMENTATION = "prompts", "boxes", "preview", "segmentation"
 NO_IMAGE = "no image to segment: open one (e.g. File > Open Sample > SAM tune) and choose it under 'image'"
 
 
@@ -49,20 +43,7 @@ class PromptWidget(Container):
     def __init__(self, viewer: Viewer) -> None:
         self._viewer = viewer
         self._image = ComboBox(name="image", choices=self._image_choices, tooltip="The image layer to segment")
-        self._model_name = ComboBox(
-            name="model",
-            choices=[*available_models(), CHECKPOINT_FILE, ADAPTER_FILE],
-            value=BUNDLED_NAME,
-            tooltip=model_purpose(BUNDLED_NAME),
-        )
-        self._checkpoint = FileEdit(
-            name="checkpoint",
-            filter="*.pt *.pth",
-            visible=False,
-            nullable=True,
-            tooltip="A SAM checkpoint; with an adapter, only needed when its base model was a checkpoint file",
-        )
-        self._adapter = FileEdit(name="adapter", filter="*.samtune *.pt", visible=False, nullable=True)
+        self._model_name, self._checkpoint, self._adapter = model_fields()
         self._state = Label(name="embeddings")
         self._encode = PushButton(
             name="encode",
@@ -94,10 +75,8 @@ class PromptWidget(Container):
         models = (self._model_name, self._checkpoint, self._adapter)
         controls = (self._image, *models, self._state, self._encode, self._live)
         super().__init__(widgets=[*controls, self._segment, self._commit, self._propagate, self._clear])
-        self._model: SamModel | None = None
-        self._model_for: ModelRequest | None = None
-        self._segmenter: Segmenter | None = None
-        self._segmenter_for: tuple | None = None
+        self._session = session_for(viewer)
+        self._model_for: ModelRequest | None = None  # the model choice the session's model was taken for
         self._worker = None  # the running job's worker (None when synchronous)
         self._busy = False
         # Segmenting asked for while a job ran: None nothing, False a preview, True a commit (never downgraded).
@@ -117,65 +96,55 @@ class PromptWidget(Container):
         self._propagate.clicked.connect(self._on_propagate)
         self._clear.clicked.connect(self._on_clear)
         self._connections.listen(viewer.dims.events.current_step, self._on_prompts)
+        self._connections.listen(self._session.events.model, self._on_session_model)
+        self._connections.listen(self._session.events.image, self._on_session_image)
         self._on_image()
-        if (adapted := adapted_model(viewer)) is not None:  # opened after a fine-tune: use what it produced
-            self.set_model(adapted)
+        if self._session.model is not None:  # opened after a fine-tune (or a script): use the session's model
+            self._on_session_model()
 
     def set_model(self, model: SamModel) -> None:
         """Use the loaded ``model`` for the current model choice instead of loading it (scripts, tests)."""
-        self._model, self._model_for = model, self._model_request()
-        self._segmenter = None
-        self._show_state()
+        self._session.use_model(model)
+        self._on_session_model()
 
     @property
     def loaded_model(self) -> SamModel | None:
         """The model in use, when it is loaded already."""
-        return self._model if self._model_for == self._model_request() else None
+        return self._session.model if self._model_for == self._model_request() else None
 
     def current_object(self) -> tuple[Segmenter, list[ObjectPrompt], int | None] | None:
         """The ready segmenter of the chosen image, the objects prompted on the current slice and that slice (None
         for a 2D image); None when the slice is not encoded yet. Raises ``LayerError`` as segmenting would."""
-        if (image := self._image.value) is None:
+        if self._image.value is None:
             raise LayerError(NO_IMAGE)
-        points, boxes, _ = self._prompt_layers(image)
-        plane = layers.current_plane(image, self._viewer.dims.point)
-        segmenter = self._current_segmenter(image)
-        if segmenter is None or not segmenter.is_encoded(plane or 0):
-            return None
-        return segmenter, layers.read_prompts(points, boxes, plane), plane
+        self._prompt_layers(self._image.value)
+        return self._session.current_object()
+
+    def _on_session_model(self, _event: object = None) -> None:
+        """The session's model changed (loaded here, fine-tuned, set by a script): it is the current choice's."""
+        self._model_for = self._model_request()
+        self._show_state()
+
+    def _on_session_image(self, event: object) -> None:
+        """Follow an image chosen elsewhere (a script)."""
+        if event.value is not None and event.value is not self._image.value:
+            self._image.reset_choices()
+            self._image.value = event.value
 
     def _image_choices(self, _widget: ComboBox) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
 
     def _model_request(self) -> ModelRequest:
-        checkpoint = None if self._checkpoint.value is None else str(self._checkpoint.value)
-        if self._model_name.value == CHECKPOINT_FILE:
-            return "custom", checkpoint, None
-        if self._model_name.value == ADAPTER_FILE:
-            return ADAPTER, checkpoint, None if self._adapter.value is None else str(self._adapter.value)
-        return self._model_name.value, checkpoint if _needs_file(self._model_name.value) else None, None
+        return model_request(self._model_name, self._checkpoint, self._adapter)
 
     def _current_segmenter(self, image: Image) -> Segmenter | None:
         """The segmenter for this image and model choice, if one is ready."""
-        key = (self._model_request(), id(image), id(image.data))
-        return self._segmenter if self._segmenter_for == key else None
-
-    def _layer(self, name: str, kind: type[Layer], make: Callable, image: Image, replace: bool = True) -> Layer:
-        """Layer ``name`` for ``image``: made when missing; replaced (or, without ``replace``, refused) when it
-        belongs to another image."""
-        old = self._viewer.layers[name] if name in self._viewer.layers else None
-        if old is not None and layers.fits(old, kind, image):
-            return old
-        if old is not None:
-            if not replace:
-                layers.check_fits(old, kind, image)
-            self._viewer.layers.remove(old)
-        return self._viewer.add_layer(make(image, name))
+        return self._session.segmenter(image) if self.loaded_model is not None else None
 
     def _prompt_layers(self, image: Image) -> tuple[Points, Shapes, Labels]:
-        points = self._layer(POINTS, Points, layers.prompt_points, image)
-        boxes = self._layer(BOXES, Shapes, layers.prompt_boxes, image)
-        preview = self._layer(PREVIEW, Labels, partial(layers.labels_like, dtype=np.uint16, opacity=0.6), image)
+        """The prompt layers and the preview of ``image``, listened to and with their keys bound."""
+        points, boxes = self._session.prompt_layers(image)
+        preview = self._session.preview_layer(image)
         for layer in (points, boxes):
             self._connections.listen(layer.events.data, self._on_prompts)
             self._connections.bind_key(layer, "c", lambda _layer: self._run(commit=True))
@@ -187,6 +156,7 @@ class PromptWidget(Container):
         """Make the prompt layers for the chosen image, ready for clicking."""
         if (image := self._image.value) is not None:
             try:
+                self._session.set_image(image)
                 points = self._prompt_layers(image)[0]
             except LayerError as error:
                 show_error(str(error))
@@ -196,15 +166,8 @@ class PromptWidget(Container):
         self._on_prompts()
 
     def _on_model(self) -> None:
-        name = self._model_name.value
-        self._checkpoint.visible = name in (CHECKPOINT_FILE, ADAPTER_FILE) or _needs_file(name)
-        self._adapter.visible = name == ADAPTER_FILE
-        self._model_name.tooltip = model_purpose(name) or {
-            CHECKPOINT_FILE: "any SAM checkpoint file (official, micro-sam or MedSAM layout)",
-            ADAPTER_FILE: "an adapter file (from 'Fine-tune on current layers'), applied to the model it was made on",
-        }.get(name, "")
-        self._model = self._segmenter = None  # free the old model's memory now
-        self._show_state()
+        show_model_fields(self._model_name, self._checkpoint, self._adapter)
+        self._session.forget_model()  # free the old model's memory now
 
     def _on_prompts(self, _event: object = None) -> None:
         self._show_state()
@@ -251,12 +214,12 @@ class PromptWidget(Container):
             elif masks is None:
                 show_info("nothing to commit: click points or draw boxes first")
             else:
-                labels = self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)
+                labels = self._session.segmentation_layer(image)
                 ids = layers.paint_objects(labels, masks, plane)
                 layers.clear_prompts(points, boxes)
                 layers.show_preview(preview, None, plane)
                 show_info(f"added {len(ids)} object(s) to '{labels.name}' as label(s) {ids}")
-        except USER_ERRORS as error:
+        except SamtuneError as error:
             show_error(str(error))
 
     def _on_propagate(self) -> None:
@@ -272,8 +235,8 @@ class PromptWidget(Container):
             if plane is None:
                 raise LayerError(f"image {image.name!r} is 2D: Propagate follows objects through the slices of a stack")
             prompts = layers.read_prompts(points, boxes, plane)
-            self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)  # refuse a misfit early
-        except USER_ERRORS as error:
+            self._session.segmentation_layer(image)  # refuse a misfit early
+        except SamtuneError as error:
             show_error(str(error))
             return
         if not prompts:
@@ -290,12 +253,11 @@ class PromptWidget(Container):
             return
         self._busy = True
         request = self._model_request()
-        model = self._model if self._model_for == request else None
-        key = (request, id(image), id(image.data))
-        job = partial(prepare_segmenter, model, request, self._current_segmenter(image), image.data, image.rgb, planes)
-        on_returned = partial(self._job_returned, key)
+        segmenter = self._current_segmenter(image)
+        job = partial(prepare_segmenter, self.loaded_model, request, segmenter, image.data, image.rgb, planes)
+        on_returned = partial(self._job_returned, request, image)
         if follow is not None:
-            job, on_returned = partial(follow_objects, job, *follow), partial(self._propagated, key, image)
+            job, on_returned = partial(follow_objects, job, *follow), partial(self._propagated, request, image)
         (self._encode if follow is None else self._propagate).text = "Cancel"
         self._worker = run_job(
             job,
@@ -309,15 +271,15 @@ class PromptWidget(Container):
     def _show_progress(self, event: dict) -> None:
         self._state.value = f"encoded {event['done']}/{event['total']}" if "total" in event else event["stage"]
 
-    def _job_returned(self, key: tuple, segmenter: Segmenter) -> None:
-        self._segmenter, self._segmenter_for = segmenter, key
-        self._model, self._model_for = segmenter.model, key[0]
+    def _job_returned(self, request: ModelRequest, image: Image, segmenter: Segmenter) -> None:
+        self._session.keep_segmenter(segmenter, image)
+        self._model_for = request
 
-    def _propagated(self, key: tuple, image: Image, outcome: tuple[Segmenter, list[dict]]) -> None:
+    def _propagated(self, request: ModelRequest, image: Image, outcome: tuple[Segmenter, list[dict]]) -> None:
         segmenter, objects = outcome
-        self._job_returned(key, segmenter)
+        self._job_returned(request, image, segmenter)
         try:
-            labels = self._layer(SEGMENTATION, Labels, layers.labels_like, image, replace=False)
+            labels = self._session.segmentation_layer(image)
             ids = layers.paint_stack_objects(labels, objects)
         except LayerError as error:
             show_error(str(error))
@@ -331,7 +293,7 @@ class PromptWidget(Container):
 
     def _job_failed(self, error: Exception) -> None:
         self._pending = None
-        if not isinstance(error, USER_ERRORS):
+        if not isinstance(error, SamtuneError):
             raise error  # a bug: let napari show the traceback
         show_error(str(error))
 
@@ -359,23 +321,3 @@ class PromptWidget(Container):
             return
         where = "" if plane is None else f"slice {plane}: "
         self._state.value = where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")
-
-
-def _needs_file(name: str) -> bool:
-    """Named models without a download address (MedSAM): the user points to the file."""
-    return name in MODEL_SOURCES and MODEL_SOURCES[name].url is None
-
-
-def prompt_widgets(viewer: Viewer) -> list[PromptWidget]:
-    """The prompt widgets docked in ``viewer``'s window (other widgets hand them models and read their prompts)."""
-    return [widget for widget in viewer.window.dock_widgets.values() if isinstance(widget, PromptWidget)]
-
-
-def adapted_model(viewer: Viewer) -> SamModel | None:
-    """The model of the last successful fine-tune in ``viewer``'s window, if a fine-tune widget holds one."""
-    from .finetune_widget import FineTuneWidget  # imports this module
-
-    for widget in viewer.window.dock_widgets.values():
-        if isinstance(widget, FineTuneWidget) and widget.result is not None:
-            return widget.result.model
-    return None

@@ -1,7 +1,8 @@
 """Dock widget: show where the model is unsure, and walk the view through the most uncertain regions.
 
-It works on what 'Segment with prompts' holds (its image, its encoded slice, its prompts): ``services.uncertainty``
-computes the map and writes the 'uncertainty' layer, ``core.review`` finds the regions not visited yet.
+It works on the viewer's ``services.session.Session`` (the image chosen in 'Segment with prompts', its encoded slice,
+the prompts on it): ``services.uncertainty`` computes the map and writes the 'uncertainty' layer, ``core.review``
+finds the regions not visited yet.
 """
 
 # No ``from __future__ import annotations``: napari injects the viewer only for a real ``Viewer`` annotation.
@@ -15,11 +16,12 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 
+from ..core.errors import SamtuneError
 from ..core.predictor import ObjectPrompt
 from ..core.review import next_uncertain_region
 from ..core.segmenter import Segmenter
+from ..services.session import session_for
 from ..services.uncertainty import PROMPT_FREE, PROMPT_SOURCES, UNCERTAINTY, go_to, show_uncertainty, uncertainty_map
-from .prompt_widget import USER_ERRORS, prompt_widgets
 from .workers import run_job
 
 SOURCE_TIPS = (
@@ -58,6 +60,7 @@ class UncertaintyWidget(Container):
         )
         self._state = Label(name="state", value="no uncertainty shown yet")
         super().__init__(widgets=[self._source, self._show, self._next, self._state])
+        self._session = session_for(viewer)
         self._visited: list[tuple[int, ...]] = []
         self._visited_on: Image | None = None  # the image the visited regions belong to
         self._busy = False
@@ -65,21 +68,17 @@ class UncertaintyWidget(Container):
         self._next.clicked.connect(self._on_next)
 
     def _on_show(self) -> None:
-        widgets = prompt_widgets(self._viewer)
-        if not widgets:
-            show_error("open 'Segment with prompts' (Plugins > SAM tune) and choose the image first")
-            return
         if self._busy:
             return
         try:
-            ready = widgets[0].current_object()
-        except USER_ERRORS as error:
+            ready = self._session.current_object()
+        except SamtuneError as error:
             show_error(str(error))
             return
         if ready is None:
             show_error("the current slice is not encoded yet: click Encode (or Segment) in 'Segment with prompts'")
             return
-        image = widgets[0].image.value
+        image = self._session.image
         self._busy = True
         run_job(
             partial(uncertainty_job, *ready, self._source.value),
@@ -99,7 +98,7 @@ class UncertaintyWidget(Container):
         self._viewer.layers.selection.active = layer
 
     def _failed(self, error: Exception) -> None:
-        if not isinstance(error, (*USER_ERRORS, ValueError)):  # ValueError: e.g. a model without learned prompts
+        if not isinstance(error, (SamtuneError, ValueError)):  # ValueError: e.g. a model without learned prompts
             raise error  # a bug: let napari show the traceback
         show_error(str(error))
 

@@ -16,6 +16,8 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from qtpy.QtWidgets import QApplication
 
+from ..core.jobs import drive
+
 Job = Callable[[], Generator[dict, None, Any]]
 
 
@@ -71,13 +73,11 @@ def run_job(
 
     if sync_workers():
         try:
-            generator = job()
-            while True:
-                show(next(generator))
-        except StopIteration as stop:
-            on_returned(stop.value)
+            result = drive(job(), show)
         except Exception as error:
             on_error(error)
+        else:
+            on_returned(result)
         finally:
             finish()
         return None

@@ -21,3 +21,16 @@ def drive(job: Generator[Any, Any, T], on_event: Callable[[Any], None] | None = 
             return stop.value
         if on_event is not None:
             on_event(event)
+
+
+def relay(job: Generator[Any, Any, T], transform: Callable[[Any], Any]) -> Generator[Any, None, T]:
+    """A job that yields ``transform(event)`` for each event of ``job`` and returns ``job``'s return value (to
+    re-label a job's progress for another caller)."""
+    result: list[T] = []
+
+    def capture() -> Generator[Any, Any, None]:
+        result.append((yield from job))
+
+    for event in capture():
+        yield transform(event)
+    return result[0]

@@ -40,6 +40,12 @@ def prepare_segmenter(
     return segmenter
 
 
+def ready(segmenter: Segmenter) -> Generator[dict, None, Segmenter]:
+    """A job that returns ``segmenter`` as it is (already encoded where needed), for ``follow_objects``."""
+    yield {"stage": "ready"}
+    return segmenter
+
+
 def follow_objects(
     prepare: Callable[[], Generator[dict, None, Segmenter]],
     prompts: list[ObjectPrompt],

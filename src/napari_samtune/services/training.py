@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
+from ..core.jobs import relay
 from ..core.models.registry import SamModel
 from ..core.training.data import WeakLabels, prepare_training_data
-from ..core.training.fine_tune import AUTO, METHODS, FineTuneResult, fine_tune
-from ..core.training.loop import TrainConfig, TrainEvent
+from ..core.training.fine_tune import AUTO, METHODS, fine_tune
+from ..core.training.loop import TrainConfig, TrainEvent, headline_loss
+from ..core.training.methods import FineTuneResult
 from .layers import POSITIVE, LayerError, spatial_shape
 
 METHOD_NAMES = {
@@ -28,22 +30,11 @@ METHOD_NAMES = {
     "wesam": "weak self-training (WeSAM, + points/boxes)",
     AUTO: "automatic (best method in the time budget)",
 }
-PROMPT_FREE_METHODS = ("blo",)  # methods whose models segment without prompts (learned prompts)
 
 
 def method_choices() -> list[tuple[str, str]]:
     """(readable name, method key) for every method ``fine_tune`` knows, the automatic search last."""
     return [(METHOD_NAMES.get(key, key), key) for key in [*METHODS, AUTO]]
-
-
-def available_devices() -> list[str]:
-    """The torch devices training can run on here: "cpu", then "cuda" and "mps" where present."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 @dataclass
@@ -185,20 +176,10 @@ def fine_tune_job(
     base = model_on(load_base(), device)
     yield {"stage": f"fine-tuning ({METHOD_NAMES.get(method, method)}): encoding the images"}
     training = fine_tune(base, data, method, config=config, should_stop=should_stop)
-    try:
-        while True:
-            event = next(training)
-            yield {"stage": describe(event), "done": event.step, "total": event.total, "event": event}
-    except StopIteration as stop:
-        return base, stop.value
-
-
-def headline_loss(losses: dict[str, float]) -> float | None:
-    """The total loss of a step: ``"loss"``, else the mean of the levels' ``".../loss"``; None before any step."""
-    if "loss" in losses:
-        return losses["loss"]
-    levels = [v for k, v in losses.items() if k.endswith("/loss")]
-    return float(np.mean(levels)) if levels else None
+    progress = relay(
+        training, lambda event: {"stage": describe(event), "done": event.step, "total": event.total, "event": event}
+    )
+    return base, (yield from progress)
 
 
 def describe(event: TrainEvent) -> str:

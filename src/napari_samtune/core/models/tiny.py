@@ -29,7 +29,10 @@ TINY = SamArchitecture(
 )
 
 
-def tiny_model(arch: SamArchitecture = TINY, seed: int = 0, name: str = "tiny") -> SamModel:
-    """A randomly initialised model of ``arch`` (weights from ``seed``) on the CPU; its weights id is "seed<seed>"."""
+def tiny_model(
+    arch: SamArchitecture = TINY, seed: int = 0, name: str = "tiny", weights_id: str | None = None
+) -> SamModel:
+    """A randomly initialised model of ``arch`` (weights from ``seed``) on the CPU; its weights id (what adapters
+    and caches record in place of a checksum) is ``weights_id``, by default "seed<seed>"."""
     torch.manual_seed(seed)
-    return SamModel(build_sam(arch), name, arch, f"seed{seed}", torch.device("cpu"))
+    return SamModel(build_sam(arch), name, arch, weights_id or f"seed{seed}", torch.device("cpu"))

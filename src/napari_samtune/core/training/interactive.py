@@ -73,8 +73,8 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class _Objects:
-    """The objects of one unit: instance map in the input frame and the usable ids."""
+class LabeledObjects:
+    """The labeled objects of one unit: instance map in the input frame and the usable ids."""
 
     instances: np.ndarray
     ids: list[int]
@@ -112,9 +112,9 @@ class InteractiveFineTuning:
             self.image_pe = dense_positional_encoding(model.sam)
         self.loss_size = min(s.loss_size, model.img_size)
 
-    def _objects(self, unit: Unit) -> _Objects:
+    def _objects(self, unit: Unit) -> LabeledObjects:
         instances, ids = instances_of(unit.labels, self.data.task)
-        return _Objects(instances, ids)
+        return LabeledObjects(instances, ids)
 
     def levels(self) -> list[Level]:
         return [Level("model", self.params, self._backward, self.settings.lr, self.settings.weight_decay)]
@@ -172,20 +172,20 @@ class InteractiveFineTuning:
         )
 
 
-def click_ious(model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int) -> list[float]:
+def click_ious(model: SamModel, units: list[Unit], objects: list[LabeledObjects], max_objects: int) -> list[float]:
     """IoU per object (in the encoder-input frame) from one interior click (the best of the multimask outputs), at
     most ``max_objects`` objects."""
     return _prompted_ious(model, units, objects, max_objects, box=False)
 
 
-def box_ious(model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int) -> list[float]:
+def box_ious(model: SamModel, units: list[Unit], objects: list[LabeledObjects], max_objects: int) -> list[float]:
     """IoU per object (in the encoder-input frame) from its tight box (the single-mask output), at most
     ``max_objects`` objects."""
     return _prompted_ious(model, units, objects, max_objects, box=True)
 
 
 def _prompted_ious(
-    model: SamModel, units: list[Unit], objects: list[_Objects], max_objects: int, box: bool
+    model: SamModel, units: list[Unit], objects: list[LabeledObjects], max_objects: int, box: bool
 ) -> list[float]:
     sam, ious, budget = model.sam, [], max_objects
     pe = dense_positional_encoding(sam)

@@ -111,14 +111,26 @@ class Level:
 
 
 class Method(Protocol):
-    """What an adaptation method gives the loop."""
+    """What an adaptation method gives the loop and ``methods.package_result``.
+
+    A method class is built as ``cls(model, data, settings, cache_root=...)`` and trains ``model`` (a copy) in
+    place; it raises ``ValueError`` when the data give it nothing to learn from. ``methods.METHODS`` registers it
+    with its settings dataclass.
+    """
 
     name: str
 
-    def levels(self) -> list[Level]: ...
+    def levels(self) -> list[Level]:
+        """The optimisation levels, each with its trainable parameters and loss (one level, or two for BLO)."""
+        ...
 
     def validate(self) -> float:
         """Validation score, higher is better (e.g. mean IoU)."""
+        ...
+
+    def adapter_parts(self) -> dict:
+        """What was trained, for the adapter file: ``{"modules": {name: state dict}, "lora": {"settings", "state"}
+        or None, "prompt_embeddings": (K, T, C) tensor or None}``."""
         ...
 
 

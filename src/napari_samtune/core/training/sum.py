@@ -31,6 +31,7 @@ from ..models.registry import SamModel
 from ..uncertainty import RefinementHead, binary_entropy, disagreement, sigmoid, train_refinement
 from .data import Item, TrainingData
 from .interactive import InteractiveFineTuning, InteractiveSettings
+from .loop import Level
 from .losses import mask_losses
 from .prompts import random_click
 from .units import Unit, build_units, unit_embeddings
@@ -180,10 +181,11 @@ def mask_proposals(
     return order[kept]
 
 
-class UncertaintyAwareFineTuning(InteractiveFineTuning):
+class UncertaintyAwareFineTuning:
     """The SUM method object for the training loop. ``model`` is trained in place: pass a copy.
 
-    The labeled side (units, validation by one click, adapter parts) is interactive fine-tuning's.
+    The labeled side is an interactive fine-tuning (``self.labeled``: its units, labeled steps, validation by one
+    click and adapter parts); this class adds the unlabeled steps, every other one.
     """
 
     name = "sum"
@@ -197,7 +199,10 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
     ) -> None:
         if not data.unlabeled:
             raise ValueError("uncertainty-aware fine-tuning needs unlabeled images: add some, or use 'interactive'")
-        super().__init__(model, data, settings or SUMSettings(), cache_root)
+        self.model, self.data, self.settings = model, data, settings or SUMSettings()
+        self.labeled = InteractiveFineTuning(model, data, self.settings, cache_root)
+        self.image_pe, self.loss_size = self.labeled.image_pe, self.labeled.loss_size
+        self._labeled_backward = self.labeled.levels()[0].backward
         s = self.settings
         items = [
             Item(i, z, np.zeros(v.plane_shape, np.int32))
@@ -215,9 +220,22 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
         self.pseudo: list[PseudoLabels | None] = [None] * len(self.unlabeled_units)
         self.refiner = self._train_refiner() if s.uncertainty == "refinement" else None
 
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return self.labeled.params
+
+    def levels(self) -> list[Level]:
+        return [Level("model", self.params, self._backward, self.settings.lr, self.settings.weight_decay)]
+
+    def validate(self) -> float:
+        return self.labeled.validate()
+
+    def adapter_parts(self) -> dict:
+        return self.labeled.adapter_parts()
+
     def _backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
         if step % 2 == 0:
-            return super()._backward(step, rng)
+            return self._labeled_backward(step, rng)
         return self._unlabeled_backward(step, rng)
 
     def _unlabeled_backward(self, step: int, rng: np.random.Generator) -> dict[str, float]:
@@ -246,7 +264,7 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
                 units.append(self.unlabeled_units[i])
         if not units:
             # Nothing confident to learn from yet: spend the step on the labels instead.
-            return {**super()._backward(step, rng), "pseudo_objects": 0.0}
+            return {**self._labeled_backward(step, rng), "pseudo_objects": 0.0}
         device = self.model.device
         embeddings = unit_embeddings(self.model, units)[torch.as_tensor(index, device=device)]
         coords, labels = pack_prompts(points, [np.ones(1, np.float32)] * len(points), [None] * len(points), device)
@@ -360,7 +378,7 @@ class UncertaintyAwareFineTuning(InteractiveFineTuning):
         click, true mask), all at the loss resolution. Trained once: it learns what the objects look like."""
         s, rng, examples = self.settings, np.random.default_rng(0), []
         self.model.sam.eval()
-        for unit, objects in zip(self.train_units, self.train_objects):
+        for unit, objects in zip(self.labeled.train_units, self.labeled.train_objects):
             ids = objects.ids[: s.refinement_examples - len(examples)]
             if not ids:
                 break

@@ -35,7 +35,7 @@ from ..image import Volume
 from ..mask_geometry import mask_box
 from ..models.registry import SamModel
 from .data import Item, TrainingData, WeakLabels, instances_of
-from .interactive import _Objects, box_ious, module_state, trainable_parameters
+from .interactive import LabeledObjects, box_ious, module_state, trainable_parameters
 from .loop import Level
 from .lora import LoraSettings, lora_state
 from .losses import dice_loss, mask_losses
@@ -249,7 +249,7 @@ class WeakSelfTraining:
         if not self.units:
             raise ValueError("no weak prompt and no labeled object to train on: add boxes, points or labels")
         self.val_units = build_units(model, data, data.validation, with_embeddings=False, cache_root=cache_root)
-        self.val_objects = [_Objects(*instances_of(u.labels, data.task)) for u in self.val_units]
+        self.val_objects = [LabeledObjects(*instances_of(u.labels, data.task)) for u in self.val_units]
         with torch.no_grad():
             self.image_pe = dense_positional_encoding(model.sam)
         self._anchor_masks: dict[int, torch.Tensor] = {}

@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ...jobs import relay
 from ...models.registry import SamModel
 from ..data import TrainingData
-from ..fine_tune import METHODS, FineTuneResult, fine_tune
 from ..loop import TrainEvent
+from ..methods import METHODS, FineTuneResult, run_method
 from .features import dataset_features, dataset_vector, predictor_input
 from .knowledge import MetaKnowledge, cost_input, load_meta_knowledge
 from .space import RUNGS, Configuration, SearchSpace, encode
@@ -267,15 +268,7 @@ class _Search:
             last["budget"] = now + needed > self.deadline - self.reserve
             return last["budget"]
 
-        run = fine_tune(
-            self.model, self.data, method, settings, train_config, should_stop=stop, cache_root=self.cache_root
-        )
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as done:
-                result = done.value
-                break
+        def observe(event: TrainEvent) -> TrainEvent:
             if event.step > 0:
                 seconds = self.clock() - last["stop"]
                 if event.validation is None:
@@ -283,7 +276,12 @@ class _Search:
                 else:
                     cost["validation_s"] = max(0.0, seconds - cost["step_s"])
                 self.total_steps = event.step
-            yield replace(event, elapsed_s=self.clock() - self.started, note=f"default configuration: {event.note}")
+            return replace(event, elapsed_s=self.clock() - self.started, note=f"default configuration: {event.note}")
+
+        run = run_method(
+            self.model, self.data, method, settings, train_config, should_stop=stop, cache_root=self.cache_root
+        )
+        result = yield from relay(run, observe)
         stopped = "cancelled" if self.cancelled else ("budget" if last["budget"] else result.training.stopped)
         training = replace(result.training, stopped=stopped, elapsed_s=self.clock() - self.started)
         chosen = config.replace(steps=train_config.steps)

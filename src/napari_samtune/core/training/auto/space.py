@@ -22,6 +22,7 @@ import numpy as np
 
 from ..loop import SCHEDULES, TrainConfig
 from ..lora import LoraSettings
+from ..methods import METHODS
 
 RUNGS = 8  # validations per schedule; fidelity = rungs done
 LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -251,8 +252,6 @@ class Configuration(Mapping):
 
     def to_settings(self, seed: int = 0) -> tuple[str, object, TrainConfig]:
         """(method name, the method's settings object, the loop's ``TrainConfig``) for ``fine_tune``."""
-        from ..fine_tune import METHODS
-
         v, method = self._values, self._values["method"]
         if method not in METHODS:
             raise ValueError(f"method {method!r} is not available in this installation; choose from {sorted(METHODS)}")

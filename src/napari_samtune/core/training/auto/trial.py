@@ -19,8 +19,8 @@ import torch
 
 from ...models.registry import SamModel
 from ..data import TrainingData
-from ..fine_tune import METHODS, FineTuneResult, package_result
 from ..loop import TrainEvent, TrainingError, TrainResult, run_training
+from ..methods import FineTuneResult, package_result, start_method
 from .space import Configuration
 
 
@@ -118,13 +118,13 @@ class Trial:
                 return
             started = self.clock()
             try:
-                event = next(self._generator)
-            except StopIteration:
-                self.state = "done"
-                return
+                event = next(self._generator, None)
             except TrainingError as error:
                 self.note = str(error)
                 self.stop("diverged")
+                return
+            if event is None:  # the loop has ended
+                self.state = "done"
                 return
             seconds = self.clock() - started
             self.steps_done = event.step
@@ -139,9 +139,7 @@ class Trial:
 
     def _set_up(self) -> Iterator[TrainEvent]:
         started = self.clock()
-        method_cls = METHODS[self.method][1]
-        self.work = self.model.copy()
-        self.runner = method_cls(self.work, self.data, self.settings, cache_root=self.cache_root)
+        self.work, self.runner = start_method(self.model, self.data, self.method, self.settings, self.cache_root)
         self._params = [p for level in self.runner.levels() for p in level.params]
         self.setup_s = self.clock() - started
         self._generator = run_training(self.runner, self.train_config, device=self.work.device)
@@ -162,9 +160,7 @@ class Trial:
 
     def _finish_generator(self) -> None:
         # The schedule is complete and validated: pulling once more only ends the loop (it restores the best weights).
-        try:
-            next(self._generator)
-        except StopIteration:
+        if next(self._generator, None) is None:
             self.state = "done"
 
     def stop(self, reason: str) -> None:
