@@ -10,6 +10,7 @@ from napari_samtune.core.models.tiny import tiny_model as make_model
 
 __all__ = ["TINY", "make_model"]
 
+
 @pytest.fixture
 def tiny_model() -> SamModel:
     return make_model()

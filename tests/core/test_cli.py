@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_samtune import cli
+from napari_samtune.cli import finetune as cli  # the finetune command, whose fine_tune is replaced
 from napari_samtune.cli import main
 from napari_samtune.core import metrics
 from napari_samtune.core.automatic import InstanceSettings, segment_automatic, segment_instances
