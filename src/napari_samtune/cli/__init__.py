@@ -43,6 +43,7 @@ def _show_warning(message: Warning | str, category: type, *args: object, **kwarg
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``samtune`` with ``argv`` (default: the process arguments); returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a re-launch (finetune --nproc) passes on
     # SIGTERM (kill, a job scheduler) ends a run like Ctrl-C: temporary files removed, nothing half-written.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None

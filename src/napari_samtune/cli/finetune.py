@@ -12,6 +12,7 @@ from ..core.datasets import list_images, load_folder_pairs
 from ..core.io import check_output, read_image
 from ..core.jobs import drive
 from ..core.models.registry import cache_dir
+from ..core.training import distributed
 from ..core.training.adapters import save_adapter
 from ..core.training.data import prepare_training_data
 from ..core.training.fine_tune import AUTO, METHODS, fine_tune
@@ -54,6 +55,12 @@ def add_commands(commands: argparse._SubParsersAction, model: argparse.ArgumentP
         "be partial; only labeled objects and the pixels right around them are known)",
     )
     finetune.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache folder)")
+    finetune.add_argument(
+        "--nproc",
+        type=positive(int),
+        default=1,
+        help="train in N processes on this machine (one per GPU), re-launched through torchrun (docs/scaling.md)",
+    )
     finetune.set_defaults(run=cmd_finetune, interrupted="nothing was written")
 
 
@@ -78,6 +85,8 @@ def _train(run: Iterator[TrainEvent]) -> tuple[FineTuneResult, list[TrainEvent]]
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a copy of the model on image/label folder pairs; write what changed as an adapter file."""
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return distributed.relaunch_with_torchrun(args.nproc, args.argv)
     if args.method == AUTO and args.budget is None:
         raise UsageError("method 'auto' searches within a time budget: give --budget SECONDS")
     if args.method == "sum" and args.unlabeled is None:
@@ -102,8 +111,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         f"{data.task}, classes {list(data.classes)}" + (f", {len(unlabeled)} unlabeled image(s)" if unlabeled else "")
     )
     config = TrainConfig(steps=args.steps, time_budget_s=args.budget, seed=args.seed)
-    run = fine_tune(load_args_model(args), data, args.method, config=config, cache_root=args.cache_dir)
+    group = distributed.init_from_env(device=args.device) if distributed.launched_by_torchrun() else None
+    if group is None:
+        run = fine_tune(load_args_model(args), data, args.method, config=config, cache_root=args.cache_dir)
+    else:  # one of several processes (torchrun): its share of the data on its device; rank 0 saves
+        args.device = str(group.device)
+        run = distributed.distributed_fine_tune(
+            load_args_model(args), data, group, args.method, config=config, cache_root=args.cache_dir
+        )
     result, events = _train(run)
+    if group is not None and not group.is_main:
+        return 0
     if result.training.steps == 0:
         raise UsageError(
             f"no training step fitted in the budget of {args.budget:g} s ({result.training.stopped}); nothing was "

@@ -12,6 +12,7 @@ from ..core.automatic import InstanceSettings, segment_without_prompts
 from ..core.datasets import list_images
 from ..core.omezarr import DEFAULT_LABELS_NAME, is_ome_zarr
 from ..core.training.adapters import AdapterError, apply_adapter, load_adapter
+from . import blocks
 from .common import (
     UsageError,
     args_segmenter,
@@ -60,11 +61,14 @@ def add_commands(
         default=defaults.min_stability,
         help=f"without learned prompts: mask stability an object needs (default {defaults.min_stability})",
     )
+    blocks.add_options(predict)
     predict.set_defaults(run=cmd_predict, interrupted="label images already written are complete")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Prompt-free labels for an image or every image of a folder: classes with learned prompts, else objects."""
+    if blocks.wants_block_wise(args.input, args.block):
+        return blocks.predict_block_wise(args)
     if args.input.is_dir() and not is_ome_zarr(args.input):
         inputs = list_images(args.input, "input")
         if not inputs:

@@ -18,6 +18,7 @@ to train on more units per step, or divide them by the number of processes to ke
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from collections.abc import Callable, Generator, Iterator
@@ -30,6 +31,7 @@ import torch.distributed as dist
 
 from .data import DataError, TrainingData
 from .loop import Level, Method, TrainConfig, TrainEvent, TrainResult, run_training
+from .methods import METHODS, package_result
 
 STOP_CODES = {None: 0, "budget": 1, "cancelled": 2}  # the highest code of any rank wins
 
@@ -64,6 +66,7 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
     backend = backend or ("nccl" if use_cuda else "gloo")
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world)
+        atexit.register(shutdown)
     where = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     return Distributed(dist.get_rank(), dist.get_world_size(), where)
 
@@ -177,10 +180,8 @@ def distributed_fine_tune(
     """``fine_tune.fine_tune`` in one process of ``group`` (the same arguments; ``model`` on ``group.device``):
     each rank trains on its shard of ``data.train``; returns the ``FineTuneResult`` (the same on every rank: save it
     on rank 0 only). The automatic configuration search (``method="auto"``) is not distributed."""
-    from .fine_tune import METHODS, package_result
-
     if method not in METHODS:
-        raise ValueError(f"method {method!r} cannot run in several processes; choose one of {sorted(METHODS)}")
+        raise DataError(f"method {method!r} cannot run in several processes; choose one of {sorted(METHODS)}")
     settings_cls, method_cls = METHODS[method]
     settings = settings if settings is not None else settings_cls()
     config = config or TrainConfig()
@@ -198,7 +199,8 @@ def relaunch_with_torchrun(nproc: int, module_args: list[str], module: str = "na
     (what ``torchrun --standalone --nproc-per-node nproc -m module ...`` does); returns the exit code."""
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", module, *module_args])
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", module])
+    args.training_script_args = list(module_args)  # set here: torchrun's parser would take e.g. --nproc for its own
     try:
         run(args)
     except Exception as error:  # torchrun's ChildFailedError names the failed rank and its traceback
