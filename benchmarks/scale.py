@@ -19,8 +19,9 @@ box around the whole encoder frame (prompt-free segmentation runs as after BLO; 
     micro-batches, the gradients averaged), 20 steps. TARGET: loss curves equal within 1e-4; the wall-time ratio of
     the 20 steps is reported.
 
-Run: ``python benchmarks/scale.py [--quick] [--part dask|ddp|all]`` (the full run is sized for ≤ 15 minutes on 2
-cores, most of it the 16,384² image; ``--quick`` takes a few minutes).
+Run: ``python benchmarks/scale.py [--quick] [--part dask|ddp|all]``. ``--quick`` took 13 minutes on the shared
+2-core machine (docs/benchmarks.md, "Scale"); the full run's 16,384² image is 16 times the quick one's 4,096² (about
+50 minutes there), so on 2 cores only ``--quick`` fits in 15 minutes.
 """
 
 from __future__ import annotations
