@@ -29,7 +29,7 @@ def test_corrupted_bundled_file_gives_a_clear_error(tmp_path, monkeypatch):
     data = bytearray(broken.read_bytes())
     data[len(data) // 2] ^= 0xFF
     broken.write_bytes(bytes(data))
-    monkeypatch.setattr(bundled_module, "bundled_model_path", lambda: broken)
+    monkeypatch.setattr(bundled_module, "bundled_model_path", lambda name="samtune_small": broken)
     with pytest.raises(ModelError, match="sha256"):
         load_model("samtune_small", device="cpu")
 
@@ -45,3 +45,9 @@ def test_centre_click_on_a_bright_disc():
     segmenter.set_image(np.clip(image, 0, 255).astype(np.uint8))
     mask = segmenter.segment_points([[128, 120]]).masks[0]
     assert (mask & truth).sum() / (mask | truth).sum() >= 0.8
+
+
+def test_the_first_bundled_model_stays_loadable_by_name():
+    v1 = load_model("samtune_small_v1", device="cpu")
+    assert v1.weights_sha256 == bundled_module.bundled_sha256("samtune_small_v1")
+    assert v1.architecture == load_model("samtune_small", device="cpu").architecture

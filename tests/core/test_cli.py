@@ -58,7 +58,9 @@ def test_models_lists_the_names_load_model_accepts(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [*available_models(), "custom"]
-    assert "vit_b_lm" in lines[4] and "light microscopy" in lines[4]  # one line on what each is for
+    line = next(line for line in lines if line.startswith("vit_b_lm"))
+    assert "light microscopy" in line  # one line on what each is for
+    assert "bundled" in next(line for line in lines if line.startswith("samtune_small_v1"))
     assert "medsam_vit_b" in lines[-2] and "needs --checkpoint" in lines[-2]
 
 

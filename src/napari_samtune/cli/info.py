@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..core.embedding_cache import clear_cache, embeddings_root, list_stores, max_cache_bytes
-from ..core.models.registry import BUNDLED_NAME, MODEL_SOURCES, available_models, cache_dir, model_purpose
+from ..core.models.registry import BUNDLED_NAMES, MODEL_SOURCES, available_models, cache_dir, model_purpose
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the model names ``--model`` accepts, what each is for and whether it is here yet."""
     for name in available_models():
-        if name == BUNDLED_NAME:
+        if name in BUNDLED_NAMES:
             where = "bundled"
         elif (cache_dir() / "checkpoints" / MODEL_SOURCES[name].filename).is_file():
             where = "downloaded"

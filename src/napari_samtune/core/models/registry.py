@@ -26,6 +26,8 @@ from .architecture import (
 
 MODEL_FILE_FORMAT = "napari-samtune-model"
 BUNDLED_NAME = "samtune_small"
+# Models shipped inside the package: the default, and earlier versions kept loadable by name for reproducibility.
+BUNDLED_NAMES = (BUNDLED_NAME, "samtune_small_v1")
 
 
 class ModelError(SamtuneError, RuntimeError):
@@ -192,7 +194,7 @@ def cache_dir() -> Path:
 
 def available_models() -> list[str]:
     """Names accepted by ``load_model`` besides a checkpoint path."""
-    return [BUNDLED_NAME, *MODEL_SOURCES]
+    return [*BUNDLED_NAMES, *MODEL_SOURCES]
 
 
 def model_purpose(name: str) -> str:
@@ -274,7 +276,8 @@ def load_model(
 ) -> SamModel:
     """Load a SAM model by name and/or checkpoint file, in eval mode on ``device`` (default: ``default_device``).
 
-    name: ``"samtune_small"`` (bundled, offline), ``"vit_b"``, ``"vit_l"``, ``"vit_h"`` (official), micro-sam's
+    name: ``"samtune_small"`` (bundled, offline; ``"samtune_small_v1"`` its first version), ``"vit_b"``,
+    ``"vit_l"``, ``"vit_h"`` (official), micro-sam's
     ``"vit_b_lm"``, ``"vit_b_em_organelles"``… and ``"medsam_vit_b"`` (see ``zoo``; downloaded on first use, except
     MedSAM), or ``"custom"`` with ``checkpoint`` = any SAM state dict (architecture detected; micro-sam's and
     MedSAM's wrapped layouts are unwrapped).
@@ -282,11 +285,11 @@ def load_model(
     checksum when ``verify`` (a fine-tuned full model saved under such a name can pass ``verify=False``).
     """
     device = default_device(device)
-    if name == BUNDLED_NAME and checkpoint is None:
+    if name in BUNDLED_NAMES and checkpoint is None:
         from .bundled import bundled_model_path, bundled_sha256
 
-        checkpoint = bundled_model_path()
-        expected = bundled_sha256()
+        checkpoint = bundled_model_path(name)
+        expected = bundled_sha256(name)
     elif name in MODEL_SOURCES:
         source = MODEL_SOURCES[name]
         checkpoint = checkpoint or os.environ.get(f"SAMTUNE_CHECKPOINT_{name.upper()}")

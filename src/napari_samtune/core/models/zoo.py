@@ -62,6 +62,7 @@ MEDSAM_PAGE = "https://github.com/bowang-lab/MedSAM (README: 'Download the model
 
 PURPOSES: dict[str, str] = {
     "samtune_small": "bundled 2 M-parameter model: offline, fast on a CPU, any image; adapt it to your data",
+    "samtune_small_v1": "the first bundled model (procedural scenes only), kept to reproduce earlier results",
     "vit_b": "Meta's SAM ViT-B: natural images, the general starting point (375 MB download)",
     "vit_l": "Meta's SAM ViT-L: natural images, larger and slower than vit_b (1.2 GB download)",
     "vit_h": "Meta's SAM ViT-H: natural images, the largest (2.4 GB download)",
