@@ -144,7 +144,8 @@ def test_many_objects_are_decoded_in_bounded_batches_with_the_same_masks(tiny_mo
 
     monkeypatch.setattr(predictor, "decode_prepared", counting)
     masks = segmenter.segment(prompts).masks
-    assert max(sizes) <= Predictor.max_objects_per_call and sum(sizes) == 150
+    # each object is decoded once on its tile, and at most once more on the whole plane when it reaches a tile edge
+    assert max(sizes) <= Predictor.max_objects_per_call and 150 <= sum(sizes) <= 300
     np.testing.assert_array_equal(masks[:5], alone)
 
 

@@ -32,6 +32,7 @@ import torch
 
 from .automatic import InstanceSettings, class_logits, grid_points, logits_to_result, renumber_labels, segment_instances
 from .embeddings import PlaneEmbedding, Tiling, encode_tiles, tile_grid, tile_inputs
+from .errors import SamtuneError
 from .image import Normalization, Volume, _percentiles
 from .models.registry import SamModel
 from .predictor import Predictor
@@ -40,7 +41,7 @@ STORE_FORMAT = "napari-samtune-blocks/1"
 ID_BITS = 20  # instance ids are (block index << ID_BITS) + local id until they are merged and renumbered
 
 
-class BatchError(ValueError):
+class BatchError(SamtuneError, ValueError):
     """A block-wise job that cannot run as asked; the message names the store or input and what to do."""
 
 
