@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..core.errors import SamtuneError
-from . import finetune, info, predict, segment
+from . import export, finetune, info, predict, segment
 from .common import UsageError, model_and_image_options
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_commands(commands, model, image)
     finetune.add_commands(commands, model)
     predict.add_commands(commands, model, image)
+    export.add_commands(commands, model)
     return parser
 
 

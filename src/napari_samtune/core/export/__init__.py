@@ -1,0 +1,1 @@
+"""Adapted models for other tools: BioImage.IO model packages (``bioimageio``)."""
