@@ -1,5 +1,6 @@
 """BioImage.IO export of a BLO-adapted model: the package passes bioimageio.core's own model test, gives
-``segment_automatic``'s probabilities, records the training provenance, and ``samtune export`` writes it."""
+``segment_automatic``'s probabilities (grey, RGB, with LoRA), records the training provenance, and ``samtune export``
+writes it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from napari_samtune.core.training.blo import BLOSettings  # noqa: E402
 from napari_samtune.core.training.data import prepare_training_data  # noqa: E402
 from napari_samtune.core.training.fine_tune import fine_tune  # noqa: E402
 from napari_samtune.core.training.loop import TrainConfig  # noqa: E402
+from napari_samtune.core.training.lora import LoraSettings  # noqa: E402
 
 from .conftest import TINY, make_model  # noqa: E402
 
@@ -49,13 +51,23 @@ def discs(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.n
     return images, labels
 
 
-@pytest.fixture(scope="module")
-def blo_adapter(tmp_path_factory) -> Adapter:
+def train_blo(folder, settings: BLOSettings) -> Adapter:
     """A BLO adapter of the tiny model after two training steps, through its file as a user would have it."""
     data = prepare_training_data(*discs(4, TINY.img_size), task="semantic", all_objects_labeled=True)
     config = TrainConfig(steps=2, validate_every=1, time_budget_s=30)
-    result = drive(fine_tune(make_model(), data, "blo", BLOSettings(n_tokens=2), config, cache_root=False))
-    return load_adapter(save_adapter(result.adapter, tmp_path_factory.mktemp("adapter") / "discs.samtune"))
+    result = drive(fine_tune(make_model(), data, "blo", settings, config, cache_root=False))
+    return load_adapter(save_adapter(result.adapter, folder / "discs.samtune"))
+
+
+@pytest.fixture(scope="module")
+def blo_adapter(tmp_path_factory) -> Adapter:
+    return train_blo(tmp_path_factory.mktemp("adapter"), BLOSettings(n_tokens=2))
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory) -> Adapter:
+    """BLO whose lower level also trains LoRA weights in the image encoder."""
+    return train_blo(tmp_path_factory.mktemp("lora"), BLOSettings(n_tokens=2, lora=LoraSettings()))
 
 
 def test_package_passes_bioimageio_model_test_and_records_provenance(blo_adapter, tmp_path):
@@ -81,8 +93,9 @@ def test_package_passes_bioimageio_model_test_and_records_provenance(blo_adapter
     assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["class_0", "class_1", "class_2"]
 
 
-@pytest.mark.parametrize("rgb", [False, True])
-def test_package_output_equals_segment_automatic(blo_adapter, tmp_path, rgb):
+@pytest.mark.parametrize(("rgb", "adapter"), [(False, "blo_adapter"), (True, "blo_adapter"), (False, "lora_adapter")])
+def test_package_output_equals_segment_automatic(request, tmp_path, rgb, adapter):
+    blo_adapter = request.getfixturevalue(adapter)
     image = discs(1, 80, seed=3)[0][0]  # larger than the input: the package's test image is its centre crop
     if rgb:
         image = np.stack([image, 0.5 * image, 1000 - 0.2 * image], -1)
