@@ -3,6 +3,8 @@ resolved, the click grid, and ``segment_without_prompts`` over a stack with and 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
@@ -48,6 +50,7 @@ class AnsweringPredictor:
 
     def __init__(self) -> None:
         self.clicks: list[np.ndarray] = []
+        self.model = SimpleNamespace(metadata={})  # no calibrated thresholds: the defaults apply
 
     def predict(self, embedding, prompts, *, return_logits=False, **kwargs) -> Prediction:
         assert return_logits and all(len(p.points) == 1 and p.labels is None for p in prompts)
@@ -129,3 +132,11 @@ def test_segment_without_prompts_labels_every_plane_of_a_stack(tiny_model):
 
     stopped = run(segment_without_prompts(segmenter, settings, should_stop=lambda: True))
     assert stopped == ([], None)
+
+
+def test_unset_thresholds_come_from_the_models_calibration():
+    calibrated = SimpleNamespace(metadata={"automatic": {"min_score": 0.31, "min_stability": 0.42}})
+    assert InstanceSettings().for_model(calibrated) == InstanceSettings(min_score=0.31, min_stability=0.42)
+    assert InstanceSettings(min_score=0.9).for_model(calibrated).min_score == 0.9, "a value given by the user wins"
+    plain = InstanceSettings().for_model(SimpleNamespace(metadata={}))
+    assert (plain.min_score, plain.min_stability) == (0.7, 0.8)

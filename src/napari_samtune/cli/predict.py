@@ -53,13 +53,13 @@ def add_commands(
         "--min-score",
         type=float,
         default=defaults.min_score,
-        help=f"without learned prompts: predicted IoU an object needs (default {defaults.min_score})",
+        help="without learned prompts: predicted IoU an object needs (default: the model's calibrated value)",
     )
     predict.add_argument(
         "--min-stability",
         type=float,
         default=defaults.min_stability,
-        help=f"without learned prompts: mask stability an object needs (default {defaults.min_stability})",
+        help="without learned prompts: mask stability an object needs (default: the model's calibrated value)",
     )
     blocks.add_options(predict)
     predict.set_defaults(run=cmd_predict, interrupted="label images already written are complete")

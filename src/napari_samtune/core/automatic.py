@@ -13,7 +13,7 @@ overlaps it too much; the kept masks become instance labels.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -108,11 +108,14 @@ class InstanceSettings:
     """Automatic instance segmentation. points_per_side: clicks per side of one encoder tile (of the whole plane when
     it is not tiled); min_score: predicted IoU a mask needs; min_stability: IoU of the mask thresholded at logit +1
     and −1; nms_iou: a mask overlapping a better kept one by more is a duplicate; min_area: smallest object in
-    pixels (after overlaps are resolved); max_area_fraction: masks covering more of their tile are background."""
+    pixels (after overlaps are resolved); max_area_fraction: masks covering more of their tile are background.
+
+    ``min_score``/``min_stability`` None: the model's own calibrated values (``for_model``), since how high a model's
+    predicted IoU and how sharp its logits are depends on the model (the bundled one is calibrated when exported)."""
 
     points_per_side: int = 16
-    min_score: float = 0.7
-    min_stability: float = 0.8
+    min_score: float | None = None
+    min_stability: float | None = None
     nms_iou: float = 0.7
     min_area: int = 16
     max_area_fraction: float = 0.5
@@ -122,6 +125,24 @@ class InstanceSettings:
             raise ValueError(f"points_per_side must be ≥ 1, got {self.points_per_side}")
         if not 0 < self.nms_iou <= 1 or not 0 < self.max_area_fraction <= 1:
             raise ValueError("nms_iou and max_area_fraction must be in (0, 1]")
+
+    def for_model(self, model: SamModel) -> InstanceSettings:
+        """These settings with unset thresholds taken from ``model.metadata["automatic"]`` (written by the
+        calibration of the bundled model), else SAM-like defaults (predicted IoU 0.7, stability 0.8)."""
+        calibrated = model.metadata.get("automatic", {})
+        return replace(
+            self,
+            min_score=self.min_score if self.min_score is not None else calibrated.get("min_score", DEFAULT_MIN_SCORE),
+            min_stability=(
+                self.min_stability
+                if self.min_stability is not None
+                else calibrated.get("min_stability", DEFAULT_MIN_STABILITY)
+            ),
+        )
+
+
+DEFAULT_MIN_SCORE = 0.7
+DEFAULT_MIN_STABILITY = 0.8
 
 
 def click_grid(embedding: PlaneEmbedding, points_per_side: int) -> np.ndarray:
@@ -152,24 +173,63 @@ def segment_instances(
     Masks are painted largest first, so a smaller object inside a larger one stays visible. ``clicks`` ``(N, 2)``
     (row, col) replaces the plane's own click grid (block-wise work passes the whole image's grid).
     """
-    s = settings or InstanceSettings()
-    h, w = embedding.plane_shape
+    s = (settings or InstanceSettings()).for_model(predictor.model)
+    candidates = instance_candidates(predictor, embedding, s, clicks)
+    return select_instances(candidates, embedding.plane_shape, s)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One click's mask with what the filters look at: predicted IoU, stability, and the area of its tile."""
+
+    mask: _Mask
+    score: float
+    stability: float
+    tile_area: int
+
+
+def instance_candidates(
+    predictor: Predictor, embedding: PlaneEmbedding, settings: InstanceSettings, clicks: np.ndarray | None = None
+) -> list[Candidate]:
+    """The masks of a grid of single clicks (``settings.points_per_side``, or ``clicks``) that pass the thresholds
+    of ``settings`` (resolved with ``for_model``; pass 0 to keep every non-empty mask, e.g. to calibrate them)."""
     tile_area = (embedding.tiles[:, 2] - embedding.tiles[:, 0]) * (embedding.tiles[:, 3] - embedding.tiles[:, 1])
-    candidates: list[_Mask] = []
-    clicks = click_grid(embedding, s.points_per_side) if clicks is None else clicks
+    clicks = click_grid(embedding, settings.points_per_side) if clicks is None else clicks
+    candidates: list[Candidate] = []
     for start in range(0, len(clicks), _CLICKS_PER_CALL):
         prompts = [ObjectPrompt(points=c[None]) for c in clicks[start : start + _CLICKS_PER_CALL]]
         out = predictor.predict(embedding, prompts, return_logits=True)
         stability = (out.logits > 1).sum((1, 2)) / np.maximum((out.logits > -1).sum((1, 2)), 1)
         area = out.masks.sum((1, 2))
-        ok = (out.scores >= s.min_score) & (stability >= s.min_stability) & (area >= s.min_area)
-        ok &= area <= s.max_area_fraction * tile_area[out.tile_index]
-        candidates += [_Mask.of(out.masks[i], float(out.scores[i])) for i in np.flatnonzero(ok)]
+        ok = (out.scores >= settings.min_score) & (stability >= settings.min_stability) & (area >= settings.min_area)
+        ok &= area <= settings.max_area_fraction * tile_area[out.tile_index]
+        candidates += [
+            Candidate(
+                _Mask.of(out.masks[i], float(out.scores[i])),
+                float(out.scores[i]),
+                float(stability[i]),
+                int(tile_area[out.tile_index[i]]),
+            )
+            for i in np.flatnonzero(ok)
+        ]
+    return candidates
+
+
+def select_instances(candidates: list[Candidate], shape: tuple[int, int], settings: InstanceSettings) -> np.ndarray:
+    """Labels from the candidates that pass ``settings``' thresholds (resolved), duplicates removed by NMS."""
+    s = settings
+    passing = [
+        c
+        for c in candidates
+        if c.score >= s.min_score
+        and c.stability >= s.min_stability
+        and s.min_area <= c.mask.area <= s.max_area_fraction * c.tile_area
+    ]
     kept: list[_Mask] = []
-    for mask in sorted(candidates, key=lambda m: -m.score):
-        if all(mask.iou(other) <= s.nms_iou for other in kept):
-            kept.append(mask)
-    labels = np.zeros((h, w), np.int32)
+    for c in sorted(passing, key=lambda c: -c.score):
+        if all(c.mask.iou(other) <= s.nms_iou for other in kept):
+            kept.append(c.mask)
+    labels = np.zeros(shape, np.int32)
     for index in sorted(range(len(kept)), key=lambda i: -kept[i].area):
         kept[index].paint(labels, index + 1)
     ids, areas = np.unique(labels[labels > 0], return_counts=True)
