@@ -130,8 +130,10 @@ def test_only_blo_adapters_and_usable_test_images_export(blo_adapter, tmp_path):
 
 def test_samtune_export_command(blo_adapter, tmp_path, monkeypatch, capsys):
     adapter_path = save_adapter(blo_adapter, tmp_path / "discs.samtune")
-    monkeypatch.setattr("napari_samtune.cli.export.load_base_model", lambda args, adapter: make_model())
     out = tmp_path / "out" / "discs.zip"
+    assert main(["export", str(adapter_path), "--bioimageio", str(out)]) == 2  # 'tiny' is no model name
+    assert "give that file with --checkpoint" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr("napari_samtune.cli.export.load_base_model", lambda args, adapter: make_model())
     assert main(["export", str(adapter_path), "--bioimageio", str(out)]) == 0
     assert out.is_file() and str(out) in capsys.readouterr().out
     assert main(["export", str(adapter_path), "--bioimageio", str(out)]) == 2  # exists: needs --overwrite

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_commands(commands, model, image)
     finetune.add_commands(commands, model)
     predict.add_commands(commands, model, image)
-    export.add_commands(commands, model)
+    export.add_commands(commands)
     return parser
 
 

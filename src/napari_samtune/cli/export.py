@@ -8,14 +8,14 @@ from pathlib import Path
 from ..core.io import check_output, read_image
 from ..core.models.registry import SamModel, available_models, load_model
 from ..core.training.adapters import Adapter, load_adapter
-from .common import UsageError, load_args_model
+from .common import UsageError
 
 
-def add_commands(commands: argparse._SubParsersAction, model: argparse.ArgumentParser) -> None:
-    export = commands.add_parser(
-        "export", parents=[model], help="export a BLO adapter as a BioImage.IO model package (prompt-free model)"
-    )
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="export a BLO adapter as a BioImage.IO model package (prompt-free)")
     export.add_argument("adapter", type=Path, metavar="ADAPTER", help="adapter file made by BLO prompt learning")
+    export.add_argument("--model", help="the adapter's base model by name (default: the name the adapter records)")
+    export.add_argument("--checkpoint", type=Path, help="the base model's checkpoint file, if it was loaded from one")
     export.add_argument("--bioimageio", type=Path, required=True, metavar="OUT.zip", help="package to write")
     export.add_argument(
         "--test-image",
@@ -57,12 +57,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def load_base_model(args: argparse.Namespace, adapter: Adapter) -> SamModel:
-    """The model the adapter was fine-tuned from: --model/--checkpoint when given, else its name in the adapter."""
+    """The model the adapter was fine-tuned from (on the CPU, where the export traces it): --model/--checkpoint when
+    given, else its name in the adapter."""
     if args.model or args.checkpoint:
-        return load_args_model(args)
+        return load_model(args.model or "custom", checkpoint=args.checkpoint, device="cpu")
     if adapter.base_name not in available_models():
         raise UsageError(
             f"adapter {args.adapter} was fine-tuned from '{adapter.base_name}' loaded from a checkpoint file: give "
             "that file with --checkpoint"
         )
-    return load_model(adapter.base_name, device=args.device)
+    return load_model(adapter.base_name, device="cpu")
