@@ -19,24 +19,40 @@ from pathlib import Path
 import torch
 
 from napari_samtune.core.models.architecture import SamArchitecture, build_sam
-from napari_samtune.core.models.registry import save_model
-from napari_samtune.pretraining.corpus import load_corpus
+from napari_samtune.core.models.registry import SamModel, save_model
+from napari_samtune.pretraining.calibrate import calibrate_automatic
+from napari_samtune.pretraining.corpus import INSTANCE_SOURCES, load_corpus
 from napari_samtune.pretraining.recipe import RECIPES, corpus_evaluation, pretrain, synthetic_evaluation
 
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_samtune" / "models"
 EXPORT_NAMES = {"v1": "samtune_small_v1", "v2": "samtune_small"}
 
 
-def export(run_dir: Path, recipe: str) -> None:
+def export(run_dir: Path, recipe: str, corpus_dir: Path | None, calibration_images: int = 8) -> None:
+    """Write the run's checkpoint into the package (fp16), with every-object thresholds calibrated on held-out
+    corpus nuclei (with the fp16 weights the package will hold)."""
     ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     arch = SamArchitecture.from_dict(ckpt["config"]["architecture"])
     sam = build_sam(arch)
-    sam.load_state_dict(ckpt["model"])
+    sam.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
     state = ckpt["state"]
+    held_out = load_corpus(corpus_dir, sources=INSTANCE_SOURCES).held_out[INSTANCE_SOURCES[0]]
+    pairs = [(item.image, item.labels) for item in held_out[:calibration_images]]
+    model = SamModel(sam.eval(), "calibration", arch, "calibration", torch.device("cpu"))
+    automatic = calibrate_automatic(model, pairs)
+    print("every-object F1 on held-out corpus nuclei by min_score/min_stability:", automatic.pop("table"))
+    automatic["calibrated_on"] = f"{len(pairs)} held-out images of {INSTANCE_SOURCES[0]} (pretraining corpus)"
     name = EXPORT_NAMES[recipe]
     out = PACKAGE_MODELS / f"{name}.pt"
     sha = save_model(
-        sam, arch, out, half=True, steps=state["step"], cpu_seconds=state["cpu_s"], recipe=f"pretrain {recipe}"
+        sam,
+        arch,
+        out,
+        half=True,
+        steps=state["step"],
+        cpu_seconds=state["cpu_s"],
+        recipe=f"pretrain {recipe}",
+        automatic=automatic,
     )
     record = {"sha256": sha, "recipe": recipe, "steps": state["step"], "cpu_seconds": state["cpu_s"]}
     (PACKAGE_MODELS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -75,7 +91,7 @@ def main() -> None:
         print(learning_curve(args.run_dir))
         return
     if args.export:
-        export(args.run_dir, args.recipe)
+        export(args.run_dir, args.recipe, args.corpus)
         return
     torch.set_num_threads(args.threads)
     stop = {"now": False}

@@ -94,3 +94,23 @@ def test_a_corpus_run_lowers_the_loss_and_resumes_exactly(small_corpus, tmp_path
     pool = build_pool(4, config.seed, TINY.img_size)
     batch = sample_batch(pool, config, 3, small_corpus)
     assert batch.masks.shape[-2:] == (TINY.img_size, TINY.img_size) and batch.masks.any((1, 2)).all()
+
+
+def test_calibrated_thresholds_are_the_best_pair_and_reproduce_their_f1():
+    from napari_samtune.core.automatic import InstanceSettings, segment_instances
+    from napari_samtune.core.metrics import match_instances
+    from napari_samtune.core.models import load_model
+    from napari_samtune.core.segmenter import Segmenter
+    from napari_samtune.core.synthetic import make_scenes
+    from napari_samtune.pretraining.calibrate import calibrate_automatic
+
+    model = load_model("samtune_small", device="cpu")
+    scene = make_scenes(1, seed=4242)[0]
+    result = calibrate_automatic(model, [(scene.image, scene.labels)])
+    assert result["f1"] == pytest.approx(max(result["table"].values()), abs=1e-4)
+    assert result["f1"] >= result["table"]["0.7/0.8"]
+    segmenter = Segmenter(model, cache_root=False)
+    segmenter.set_image(scene.image)
+    chosen = InstanceSettings(min_score=result["min_score"], min_stability=result["min_stability"])
+    labels = segment_instances(segmenter.predictor, segmenter.store.plane(0), chosen)
+    assert match_instances(labels, scene.labels).f1 == pytest.approx(result["f1"], abs=1e-3)
