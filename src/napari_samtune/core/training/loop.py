@@ -32,7 +32,9 @@ class TrainConfig:
     training, encoding the images before it not included) may stop earlier. ``validate_every``: steps between
     validations; None (default) validates about ``VALIDATIONS`` times over the steps that fit (the schedule's, or
     fewer when the time budget affords fewer at the measured step time), validating at most about a quarter of the
-    time. Whatever stops the run, the weights returned are the best validated ones (the starting weights included)."""
+    time. Whatever stops the run, the weights returned are the best validated ones (the starting weights included);
+    among equally validated states the latest: a validation that cannot tell them apart (e.g. a small held-out block
+    where no state yet finds an object) is no reason to hand back the untrained start."""
 
     steps: int = 300
     time_budget_s: float | None = None
@@ -269,7 +271,7 @@ def run_training(
             validation = _validate(method)
             validation_s = time.monotonic() - validation_start
             history.append({"step": step, "validation": validation, "elapsed_s": elapsed, **losses})
-            if validation > best:
+            if validation >= best:
                 best, best_state = validation, _snapshot(params)
             next_validation = step + validation_interval(config, step, elapsed, training_s / step, validation_s)
         yield TrainEvent(
@@ -286,7 +288,7 @@ def run_training(
     if stopped != "done" or history[-1]["step"] != step:
         validation = _validate(method)
         history.append({"step": step, "validation": validation, "elapsed_s": time.monotonic() - start})
-        if validation > best:
+        if validation >= best:
             best, best_state = validation, _snapshot(params)
     _restore(params, best_state)
     return TrainResult(step, best, stopped, time.monotonic() - start, history)
