@@ -149,7 +149,7 @@ def run_demo(output: Path, model_name: str, method: str, seconds: float) -> dict
         show_only(viewer, [SAMPLE, layer.name, "trained ← | → unseen"])
         caption(
             viewer,
-            f"prompt-free, {name} adaptation: IoU {scores[name]['unseen_right_half']:.2f} on the unseen right half",
+            f"{name} adaptation: IoU {scores[name]['unseen_right_half']:.2f}, unseen right half",
         )
         screenshot(f"2_prompt_free_{name}.png")
     pair = [iio.imread(output / f"2_prompt_free_{name}.png") for name in ("before", "after")]
