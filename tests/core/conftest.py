@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import pytest
 
 from napari_samtune.core.models import SamModel
@@ -20,3 +24,16 @@ def tiny_model() -> SamModel:
 def _isolated_cache(tmp_path, monkeypatch):
     # Never write into the user's real cache folder from a test.
     monkeypatch.setenv("SAMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server for download tests: (folder it serves, its base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()

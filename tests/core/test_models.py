@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -91,18 +87,6 @@ def test_unknown_name_and_non_sam_file_give_clear_errors(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ModelError, match="not a SAM state dict"):
         load_model("custom", checkpoint=tmp_path / "other.pth")
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
 
 
 def test_download_verifies_checksum_and_loads(tmp_path, http_server):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import http.server
-import threading
 
 import pytest
 import torch
@@ -101,18 +98,6 @@ def test_sam_decoder_without_image_encoder_is_refused(tmp_path):
     torch.save(state, tmp_path / "decoder.pth")
     with pytest.raises(ModelError, match="no image encoder"):
         load_model("custom", checkpoint=tmp_path / "decoder.pth")
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
 
 
 def _serve_as(monkeypatch, root, url, name: str, checksum: str | None = None):
