@@ -275,7 +275,7 @@ def main() -> None:
         budget, sum_steps=args.sum_steps or budget.sum_steps, wesam_steps=args.wesam_steps or budget.wesam_steps
     )
     if args.checkpoint is not None:
-        from napari_samtune.pretraining.recipe import load_checkpoint_model
+        from napari_samtune.pretraining.evaluation import load_checkpoint_model
 
         model = load_checkpoint_model(args.checkpoint)
     else:

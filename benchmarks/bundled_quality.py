@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     if args.checkpoint is not None:
-        from napari_samtune.pretraining.recipe import load_checkpoint_model
+        from napari_samtune.pretraining.evaluation import load_checkpoint_model
 
         model = load_checkpoint_model(args.checkpoint)
     else:

@@ -22,7 +22,8 @@ from napari_samtune.core.models.architecture import SamArchitecture, build_sam
 from napari_samtune.core.models.registry import SamModel, save_model
 from napari_samtune.pretraining.calibrate import calibrate_automatic
 from napari_samtune.pretraining.corpus import INSTANCE_SOURCES, load_corpus
-from napari_samtune.pretraining.recipe import RECIPES, corpus_evaluation, pretrain, synthetic_evaluation
+from napari_samtune.pretraining.evaluation import corpus_evaluation, synthetic_evaluation
+from napari_samtune.pretraining.recipe import RECIPES, pretrain
 
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_samtune" / "models"
 EXPORT_NAMES = {"v1": "samtune_small_v1", "v2": "samtune_small"}

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..core.decoder import decode, dense_positional_encoding, normalize_pixels, pack_prompts
+from ..core.decoder import dense_positional_encoding, normalize_pixels
 from ..core.image import as_volume
-from ..core.io import atomic_torch_save, atomic_write
+from ..core.io import atomic_torch_save
 from ..core.models.architecture import SMALL_ARCHITECTURE, SamArchitecture, build_sam
 from ..core.models.registry import file_sha256
-from ..core.training.prompts import interior_point, jittered_box, mask_box, random_click
+from ..core.training.prompts import jittered_box, random_click
 from ..core.training.session_loss import session_loss
-from .corpus import INSTANCE_SOURCES, Corpus, cut_frame
+from .corpus import Corpus, cut_frame
+from .scenes import ScenePool, augment, build_pool
 
 IOU_BOOST_STEP = 1624  # the step at which the run was amended (see ``PretrainConfig.iou_boost``)
 
@@ -99,58 +99,6 @@ RECIPES: dict[str, PretrainConfig] = {
 
 
 @dataclass
-class ScenePool:
-    """Pre-generated scenes: ``images`` ``(P, S, S, 3)`` uint8 and ``labels`` ``(P, S, S)`` uint16."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-def build_pool(n: int, seed: int, size: int, folder: Path | None = None, workers: int = 1) -> ScenePool:
-    """Generate (or read back from ``folder``) ``n`` procedural scenes made from ``seed``."""
-    from ..core.synthetic import make_scene
-
-    if folder is not None:
-        path = Path(folder) / f"pool_seed{seed}_n{n}_s{size}.npz"
-        if path.is_file():
-            data = np.load(path)
-            return ScenePool(data["images"], data["labels"])
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers) as pool:
-            scenes = list(pool.map(_scene, [(seed, i, size) for i in range(n)], chunksize=16))
-    else:
-        scenes = [_scene((seed, i, size)) for i in range(n)]
-    images = np.stack([s[0] for s in scenes])
-    labels = np.stack([s[1] for s in scenes])
-    if folder is not None:
-        atomic_write(path, lambda handle: np.savez(handle, images=images, labels=labels))
-    del make_scene
-    return ScenePool(images, labels)
-
-
-def _scene(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    from ..core.synthetic import make_scene
-
-    seed, index, size = args
-    scene = make_scene(np.random.default_rng([seed, index]), size=size)
-    return scene.image, scene.labels.astype(np.uint16)
-
-
-def _augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    k = int(rng.integers(4))
-    image, labels = np.rot90(image, k), np.rot90(labels, k)
-    if rng.random() < 0.5:
-        image, labels = image[:, ::-1], labels[:, ::-1]
-    if rng.random() < 0.2:
-        image = 255 - image
-    if rng.random() < 0.5:
-        image = image[..., rng.permutation(3)]
-    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
-
-
-@dataclass
 class Batch:
     """One step's training data: normalised images, and per object its image index, mask and first prompt."""
 
@@ -195,7 +143,7 @@ def sample_batch(pool: ScenePool, config: PretrainConfig, step: int, corpus: Cor
     images, index, masks, points, plabels, boxes, clicks = [], [], [], [], [], [], []
 
     def add(image: np.ndarray, labels: np.ndarray) -> None:
-        image, labels = _augment(image, labels, rng)
+        image, labels = augment(image, labels, rng)
         b = len(images)
         images.append(as_volume(image, rgb=True).plane(0))
         ids, areas = np.unique(labels[labels > 0], return_counts=True)
@@ -364,87 +312,3 @@ def _compatible(saved: dict, current: dict, step: int) -> bool:
 
 def _config_dict(config: PretrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
-
-
-def prompted_ious(sam, frames: list[tuple[np.ndarray, np.ndarray]], max_objects: int = 4) -> dict[str, list[float]]:
-    """IoU per object of ``frames`` (``(S, S, 3)`` uint8 image, ``(S, S)`` instance labels) from one interior click
-    (``click``: the candidate the IoU head picks; ``click_best``: the best of the three) and from the exact box."""
-    pe = dense_positional_encoding(sam)
-    ious = {"click": [], "click_best": [], "box": []}
-    for image, labels in frames:
-        ids, areas = np.unique(labels[labels > 0], return_counts=True)
-        ids = ids[areas >= 20][:max_objects]
-        if len(ids) == 0:
-            continue
-        size = labels.shape[-1]
-        tensor = torch.from_numpy(as_volume(image, rgb=True).plane(0)).permute(2, 0, 1)[None]
-        emb = sam.image_encoder(normalize_pixels(sam, tensor))
-        masks = [labels == i for i in ids]
-        n = len(masks)
-        clicks = [np.array([interior_point(m)], np.float32) for m in masks]
-        for kind, coords_labels in (
-            ("click", pack_prompts(clicks, [np.ones(1)] * n, [None] * n)),
-            ("box", pack_prompts([None] * n, [None] * n, [mask_box(m) for m in masks])),
-        ):
-            logits, iou = decode(sam, emb, pe, *coords_labels)
-            full = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) > 0
-            target = torch.from_numpy(np.stack(masks))[:, None]
-            inter = (full & target).sum((-2, -1)).float()
-            union = (full | target).sum((-2, -1)).float()
-            candidate = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-            if kind == "click":
-                pick = iou[:, 1:].argmax(1) + 1
-                ious["click"] += candidate[torch.arange(n), pick].tolist()
-                ious["click_best"] += candidate[:, 1:].max(1).values.tolist()
-            else:
-                ious["box"] += candidate[:, 0].tolist()
-    return ious
-
-
-def synthetic_evaluation(n_scenes: int = 48, seed: int = 987_654, size: int = 256) -> Callable[[object, int], dict]:
-    """Held-out synthetic check for the learning curve: mean IoU from one interior click and from the exact box."""
-    from ..core.synthetic import make_scenes
-
-    frames = [(scene.image, scene.labels) for scene in make_scenes(n_scenes, seed=seed, size=size)]
-
-    def run(sam, step: int) -> dict:
-        ious = prompted_ious(sam, frames)
-        return {f"synthetic_{k}_miou": float(np.mean(ious[k])) for k in ("click", "box")}
-
-    return run
-
-
-def corpus_evaluation(corpus: Corpus, size: int = 256, per_source: int = 16) -> Callable[[object, int], dict]:
-    """Held-out corpus check for the learning curve: per source, click (IoU head's pick and best candidate) and box
-    mIoU on ``per_source`` held-out images (nuclei: a native-resolution crop; other sources: the whole image)."""
-    frames = {}
-    for source, items in corpus.held_out.items():
-        whole = source not in INSTANCE_SOURCES
-        frames[source] = [
-            cut_frame(item, size, np.random.default_rng([7, i]), downscale_probability=float(whole))
-            for i, item in enumerate(items[:per_source])
-        ]
-
-    def run(sam, step: int) -> dict:
-        out = {}
-        for source, source_frames in frames.items():
-            ious = prompted_ious(sam, source_frames)
-            short = source.split("_")[-1]
-            out.update({f"{short}_{k}_miou": float(np.mean(v)) for k, v in ious.items()})
-        return out
-
-    return run
-
-
-def load_checkpoint_model(path: str | Path, device: str = "cpu"):
-    """A ``SamModel`` from a pretraining checkpoint (for evaluation at checkpoints and for export)."""
-    from ..core.models.registry import SamModel
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    arch = SamArchitecture.from_dict(ckpt["config"]["architecture"])
-    sam = build_sam(arch)
-    sam.load_state_dict(ckpt["model"])
-    state = ckpt["state"]
-    model = SamModel(sam.eval().to(device), f"pretrain@{state['step']}", arch, file_sha256(path), torch.device(device))
-    model.metadata = {"steps": state["step"], "cpu_s": state["cpu_s"]}
-    return model
