@@ -231,7 +231,9 @@ class SamSession:
         prompt-free'): the classes of a model with learned prompts (after ``fine_tune(method="blo")``), else every
         object the model finds from a grid of clicks."""
         image = self.session.require_image()
-        labels = drive(automatic_job(self.model, image.data, image.rgb, cache_root=self.session.cache_root))
+        labels = drive(
+            automatic_job(self.model, layers.image_data(image), image.rgb, cache_root=self.session.cache_root)
+        )
         return self.viewer.add_labels(
             labels, name=name or f"{image.name} prompt-free", scale=image.scale, translate=image.translate
         )

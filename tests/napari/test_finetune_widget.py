@@ -4,6 +4,7 @@ prompt-free results, and adapters that load back through the prompt widget's mod
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from qtpy.QtCore import QTimer
 
@@ -74,6 +75,7 @@ def test_fine_tune_makes_the_adapted_model_the_prompt_widgets(make_napari_viewer
     assert result is not None and not result.cancelled and result.training.steps == 3
     assert prompt.loaded_model is result.model and result.model is not before
     assert widget.save_adapter.enabled and "grid of clicks" in widget.prompt_free.tooltip  # no learned prompts
+    assert not widget.export_bioimageio.enabled  # BioImage.IO packages are of prompt-free (BLO) models only
     widget.prompt_free.native.click()
     everything = segment_without_prompts(encoded(result.model, image.data))
     np.testing.assert_array_equal(viewer.layers["discs prompt-free"].data, run(everything))
@@ -184,3 +186,27 @@ def test_blo_gives_a_prompt_free_result_and_its_adapter_loads_in_the_prompt_widg
     loaded = prompt.loaded_model
     assert loaded is not None and torch.equal(loaded.prompt_embeddings, widget.result.model.prompt_embeddings)
     np.testing.assert_allclose(logits(loaded, image.data), logits(widget.result.model, image.data), atol=1e-5)
+
+
+def test_blo_result_exports_a_bioimageio_package(make_napari_viewer, tmp_path, errors):
+    bioimageio_core = pytest.importorskip("bioimageio.core", reason="BioImage.IO export needs the extra [bioimageio]")
+    viewer = make_napari_viewer()
+    image, labels = add_discs(viewer)
+    widget = open_finetune_widget(viewer, image, labels, steps=2, method="blo")
+    assert not widget.export_bioimageio.enabled
+    widget.set_model(make_model())
+    widget.fine_tune.native.click()
+    assert widget.export_bioimageio.enabled
+
+    widget.package_file.value = tmp_path / "out" / "discs.txt"
+    widget.export_bioimageio.native.click()
+    assert "choose a name ending in .zip" in errors[-1] and not (tmp_path / "out").exists()
+
+    widget.package_file.value = tmp_path / "out" / "discs.zip"
+    widget.export_bioimageio.native.click()
+    assert (tmp_path / "out" / "discs.zip").is_file() and widget.export_bioimageio.enabled
+    descr = bioimageio_core.load_model_description(tmp_path / "out" / "discs.zip")
+    raw = np.asarray(image.data, np.float32)[None, None]  # the test image: the chosen 64 x 64 image
+    sample = bioimageio_core.predict(model=descr, inputs={"raw": raw})
+    classes = len(widget.result.model.classes)
+    assert sample.members["probabilities"].data.shape == (1, 1 + classes, TINY.img_size, TINY.img_size)

@@ -137,6 +137,23 @@ def test_encode_shows_the_cache_state_and_loads_a_checkpoint(make_napari_viewer,
     assert widget.encode.text == "Encode"
 
 
+def test_multiscale_image_segments_at_full_resolution(make_napari_viewer):
+    viewer = make_napari_viewer()
+    big = np.asarray(viewer.open_sample("napari-samtune", "nuclei")[0].data)
+    viewer.layers.clear()
+    pyramid = viewer.add_image([big, big[::2, ::2]], multiscale=True, rgb=True, name="pyramid")
+    model = make_model()
+    widget = open_prompt_widget(viewer, model)
+    viewer.layers["prompts"].add([[60.0, 60.0]])
+    widget.commit.native.click()
+
+    expected = core_masks(model, big, True, [ObjectPrompt(points=np.array([[60.0, 60.0]]), labels=np.ones(1))])
+    labels = viewer.layers["segmentation"].data
+    assert pyramid.multiscale and labels.shape == big.shape[:2] == viewer.layers["preview"].data.shape
+    assert expected[0].any()
+    np.testing.assert_array_equal(labels, expected[0].astype(np.int32))
+
+
 def test_errors_are_notifications_not_exceptions(make_napari_viewer, errors, tmp_path):
     viewer = make_napari_viewer()
     widget = open_prompt_widget(viewer)

@@ -1,7 +1,8 @@
 """Dock widget: fine-tune SAM on the images and labels open in the viewer, then use, inspect and save the result.
 
 The widget only translates: ``services.training`` reads the layers and runs ``core.training.fine_tune`` as a job
-(``workers.run_job``: a worker thread with a progress bar), ``services.automatic`` makes the prompt-free result.
+(``workers.run_job``: a worker thread with a progress bar), ``services.automatic`` makes the prompt-free result and
+``services.export`` writes a BLO result as a BioImage.IO package.
 The adapted model becomes the model of the viewer's ``services.session.Session`` (so 'Segment with prompts' uses
 it); a cancelled or failed run changes nothing.
 """
@@ -24,6 +25,8 @@ from ..core.training.adapters import save_adapter
 from ..core.training.loop import TrainConfig, headline_loss
 from ..core.training.methods import FineTuneResult
 from ..services.automatic import automatic_job, describe_prompt_free
+from ..services.export import bioimageio_export_job, package_test_image
+from ..services.layers import image_data
 from ..services.session import session_for
 from ..services.training import TrainingPair, fine_tune_job, method_choices, read_training_layers
 from .connections import Connections
@@ -84,6 +87,14 @@ class FineTuneWidget(Container):
         )
         self._adapter_file = FileEdit(name="adapter_file", mode="w", filter="*.samtune *.pt", nullable=True)
         self._save = PushButton(name="save_adapter", text="Save adapter", enabled=False)
+        self._package_file = FileEdit(name="package_file", mode="w", filter="*.zip", nullable=True)
+        self._export = PushButton(
+            name="export_bioimageio",
+            text="Export for BioImage.IO…",
+            enabled=False,
+            tooltip="Write the prompt-free model of a BLO fine-tune as a BioImage.IO package (.zip) that other tools "
+            "run; its test image is the centre of the chosen image",
+        )
         pair_buttons = Container(
             name="pair_buttons", widgets=[self._add_pair, self._clear_pairs], layout="horizontal", labels=False
         )
@@ -93,7 +104,7 @@ class FineTuneWidget(Container):
         super().__init__(widgets=[*pair_controls, *run_controls])
         self.plot = TrainingPlot()
         self.native.layout().addWidget(self.plot)
-        self.extend([self._automatic, self._adapter_file, self._save])
+        self.extend([self._automatic, self._adapter_file, self._save, self._package_file, self._export])
 
         self._pairs: list[TrainingPair] = []
         self._session = session_for(viewer)
@@ -108,6 +119,7 @@ class FineTuneWidget(Container):
         self._train.clicked.connect(self._on_train)
         self._automatic.clicked.connect(self._on_automatic)
         self._save.clicked.connect(self._on_save)
+        self._export.clicked.connect(self._on_export)
         self._show_pairs()
         if self._session.result is not None:
             self._show_result()
@@ -215,6 +227,7 @@ class FineTuneWidget(Container):
         self._automatic.enabled = True
         self._automatic.tooltip = f"Segment the chosen image without prompts: {describe_prompt_free(model)}"
         self._save.enabled = True
+        self._export.enabled = model.prompt_embeddings is not None
 
     def _training_failed(self, error: Exception) -> None:
         self._status.value = "failed: nothing changed"
@@ -238,7 +251,7 @@ class FineTuneWidget(Container):
             return
         self._automatic.enabled = False
         run_job(
-            partial(automatic_job, result.model, image.data, image.rgb),
+            partial(automatic_job, result.model, image_data(image), image.rgb),
             description="SAM tune: prompt-free segmentation",
             on_yielded=lambda progress: None,
             on_returned=partial(self._add_automatic, image),
@@ -262,3 +275,25 @@ class FineTuneWidget(Container):
                 show_error(f"could not save the adapter: {error}")
             else:
                 show_info(f"adapter saved to {path}; load it with model 'adapter file…' in 'Segment with prompts'")
+
+    def _on_export(self) -> None:
+        result, base = self._session.result, self._session.result_base
+        if result is None or base is None or self._package_file.value is None:
+            show_error("fine-tune with BLO prompt learning, then choose the package file (.zip) under 'package file'")
+            return
+        try:
+            test_image, rgb = package_test_image(self._image.value, base.img_size)
+        except USER_ERRORS as error:
+            show_error(str(error))
+            return
+        self._export.enabled = False
+        run_job(
+            partial(bioimageio_export_job, base, result.adapter, self._package_file.value, test_image, rgb),
+            description="SAM tune: BioImage.IO export",
+            on_yielded=lambda progress: None,
+            on_returned=lambda done: show_info(
+                f"BioImage.IO package written to {done.path} ({done.size_bytes / 1e6:.1f} MB)"
+            ),
+            on_error=partial(self._failed, "BioImage.IO export"),
+            on_finished=lambda: setattr(self._export, "enabled", self.result.model.prompt_embeddings is not None),
+        )

@@ -254,7 +254,9 @@ class PromptWidget(Container):
         self._busy = True
         request = self._model_request()
         segmenter = self._current_segmenter(image)
-        job = partial(prepare_segmenter, self.loaded_model, request, segmenter, image.data, image.rgb, planes)
+        job = partial(
+            prepare_segmenter, self.loaded_model, request, segmenter, layers.image_data(image), image.rgb, planes
+        )
         on_returned = partial(self._job_returned, request, image)
         if follow is not None:
             job, on_returned = partial(follow_objects, job, *follow), partial(self._propagated, request, image)

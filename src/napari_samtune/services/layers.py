@@ -1,12 +1,14 @@
 """Prompt layers in, core prompts out; core masks in, Labels edits out.
 
 Coordinates are the image layer's data coordinates: (row, col) for a 2D image, (plane, row, col) for a stack. The
-prompt, preview and segmentation layers are made with the image's scale and translate, so they share that frame.
+prompt, preview and segmentation layers are made with the image's scale and translate, so they share that frame. A
+multiscale image is read at its full resolution (``image_data``), the level its data coordinates refer to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,11 +26,19 @@ class LayerError(SamtuneError, ValueError):
     """Layers that do not fit together or cannot be used; the message names them and says what to do."""
 
 
+def image_data(image: Image) -> Any:
+    """The array SAM tune segments (numpy, dask, zarr…): the layer's data, or its full-resolution level (``data[0]``)
+    when it is multiscale.
+
+    napari's data coordinates of a multiscale layer are those of level 0, so prompts need no rescaling.
+    """
+    return image.data[0] if image.multiscale else image.data
+
+
 def spatial_shape(image: Image) -> tuple[int, ...]:
-    """The image's ``(H, W)`` or ``(Z, H, W)`` shape, without the RGB axis."""
-    if image.multiscale:
-        raise LayerError(f"image {image.name!r} is multiscale; open its full-resolution level as a plain image")
-    shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
+    """The ``(H, W)`` or ``(Z, H, W)`` shape of ``image_data(image)``, without the RGB axis."""
+    data = image_data(image)
+    shape = tuple(data.shape[:-1] if image.rgb else data.shape)
     if len(shape) not in (2, 3):
         raise LayerError(
             f"image {image.name!r} has shape {shape}; SAM tune segments 2D images (H, W) and stacks (Z, H, W): "

@@ -70,6 +70,11 @@ class Session:
             return self._base
         return self.model
 
+    @property
+    def result_base(self) -> SamModel | None:
+        """The model the last fine-tune started from (its adapter applies to it), or None before one."""
+        return self._base if self.result is not None else None
+
     def set_image(self, image: Image | None, labels: Labels | None = None) -> None:
         """Work on ``image`` (its training ``labels``: given, else kept when the image stays the same)."""
         if image is not None:
@@ -115,7 +120,7 @@ class Session:
         segmenter = self.segmenter(image)
         if segmenter is None:
             segmenter = Segmenter(model, cache_root=self.cache_root)
-            segmenter.set_image(image.data, rgb=image.rgb)
+            segmenter.set_image(layers.image_data(image), rgb=image.rgb)
             self.keep_segmenter(segmenter, image)
         if plane is not None or not segmenter.store.volume.is_stack:
             drive(segmenter.encode([plane or 0]))

@@ -21,7 +21,7 @@ from ..core.training.data import WeakLabels, prepare_training_data
 from ..core.training.fine_tune import AUTO, METHODS, fine_tune
 from ..core.training.loop import TrainConfig, TrainEvent, headline_loss
 from ..core.training.methods import FineTuneResult
-from .layers import POSITIVE, LayerError, spatial_shape
+from .layers import POSITIVE, LayerError, image_data, spatial_shape
 
 METHOD_NAMES = {
     "interactive": "interactive fine-tuning",
@@ -79,19 +79,19 @@ def read_training_layers(
                 f"labels layer {pair.labels.name!r} has shape {pair.labels.data.shape} but image "
                 f"{pair.image.name!r} has {shape}: choose the labels drawn on this image"
             )
-        images.append(pair.image.data)
+        images.append(image_data(pair.image))
         labels.append(np.array(pair.labels.data))
         if pair.weak:
             weak[i] = weak_labels(pair.weak, pair.image)
     for image in unlabeled:
-        spatial_shape(image)  # refuses multiscale and other layouts with a clear message
+        spatial_shape(image)  # refuses layouts SAM tune cannot segment, with a clear message
     flags = {layer.rgb for layer in [*(p.image for p in pairs), *unlabeled]}
     return TrainingInputs(
         images=images,
         labels=labels,
         names=[f"image {p.image.name!r}" for p in pairs],
         rgb=flags.pop() if len(flags) == 1 else None,
-        unlabeled=[layer.data for layer in unlabeled],
+        unlabeled=[image_data(layer) for layer in unlabeled],
         weak=weak,
         all_objects_labeled=all_objects_labeled,
     )
