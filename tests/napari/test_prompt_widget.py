@@ -109,8 +109,10 @@ def test_live_preview_follows_the_points_with_a_real_worker_thread(make_napari_v
     assert widget.live_preview.value
     preview = viewer.layers["preview"]
     viewer.layers["prompts"].add([[128.0, 128.0]])
-    qtbot.waitUntil(lambda: preview.data.any(), timeout=10_000)  # throttle, encoding thread, then the preview
-    assert widget.embeddings.value == "cached" and widget.encode.text == "Encode"
+    # throttle, encoding thread, then the preview; the state line is updated by the encoding job's own signal, which
+    # may arrive just after the preview's
+    qtbot.waitUntil(lambda: preview.data.any() and widget.embeddings.value == "cached", timeout=10_000)
+    assert widget.encode.text == "Encode"
     widget.clear_prompts.native.click()
     assert len(viewer.layers["prompts"].data) == 0 and not preview.data.any()
 
