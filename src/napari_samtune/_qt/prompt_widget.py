@@ -20,7 +20,7 @@ from ..core.errors import SamtuneError
 from ..core.models.registry import SamModel
 from ..core.predictor import ObjectPrompt
 from ..core.segmenter import Segmenter
-from ..services import layers
+from ..services import layers, refining
 from ..services.layers import LayerError
 from ..services.segmenting import ModelRequest, follow_objects, prepare_segmenter
 from ..services.session import SEGMENTATION, session_for
@@ -71,16 +71,23 @@ class PromptWidget(Container):
             tooltip=f"Stacks: segment the objects prompted on this slice, follow each one up and down the stack until "
             f"it vanishes or changes too much, and add them to '{SEGMENTATION}' as new labels; click again to cancel",
         )
+        self._refine = PushButton(
+            name="refine_labels",
+            text="Refine labels",
+            tooltip="Select a Labels layer (e.g. made elsewhere) in the layer list: each of its objects on this slice "
+            "becomes a mask prompt, refined by the model into the preview; Commit adds them as new labels",
+        )
         self._clear = PushButton(name="clear_prompts", text="Clear", tooltip="Remove all prompts and the preview")
         models = (self._model_name, self._checkpoint, self._adapter)
         controls = (self._image, *models, self._state, self._encode, self._live)
-        super().__init__(widgets=[*controls, self._segment, self._commit, self._propagate, self._clear])
+        super().__init__(widgets=[*controls, self._segment, self._refine, self._commit, self._propagate, self._clear])
         self._session = session_for(viewer)
         self._model_for: ModelRequest | None = None  # the model choice the session's model was taken for
         self._worker = None  # the running job's worker (None when synchronous)
         self._busy = False
         # Segmenting asked for while a job ran: None nothing, False a preview, True a commit (never downgraded).
         self._pending: bool | None = None
+        self._mask_source: Labels | None = None  # the Labels layer whose objects are mask prompts ('Refine labels')
         self._preview_soon = qthrottled(self._run, timeout=150, leading=False)
         self._connections = Connections()
         self.native.destroyed.connect(self._connections.close)
@@ -94,6 +101,7 @@ class PromptWidget(Container):
         self._segment.clicked.connect(lambda: self._run())
         self._commit.clicked.connect(lambda: self._run(commit=True))
         self._propagate.clicked.connect(self._on_propagate)
+        self._refine.clicked.connect(self._on_refine)
         self._clear.clicked.connect(self._on_clear)
         self._connections.listen(viewer.dims.events.current_step, self._on_prompts)
         self._connections.listen(self._session.events.model, self._on_session_model)
@@ -183,6 +191,18 @@ class PromptWidget(Container):
             points, boxes, preview = self._prompt_layers(image)
             layers.clear_prompts(points, boxes)
             layers.show_preview(preview, None, None)
+        self._mask_source = None
+
+    def _on_refine(self) -> None:
+        if self._image.value is None:
+            show_error(NO_IMAGE)
+            return
+        try:
+            self._mask_source = refining.labels_to_refine(self._viewer.layers.selection.active, self._image.value)
+        except SamtuneError as error:
+            show_error(str(error))
+        else:
+            self._run()
 
     def _on_encode(self) -> None:
         if self._worker is not None:  # the button reads "Cancel" while a job runs
@@ -202,6 +222,8 @@ class PromptWidget(Container):
             points, boxes, preview = self._prompt_layers(image)
             plane = layers.current_plane(image, self._viewer.dims.point)
             prompts = layers.read_prompts(points, boxes, plane)
+            if self._mask_source is not None:
+                prompts += refining.mask_prompts(self._mask_source, plane)
             segmenter = self._current_segmenter(image)
             # One thing at a time (a job may be writing the embedding store): segment once it has ended.
             if self._busy or (prompts and (segmenter is None or not segmenter.is_encoded(plane or 0))):
@@ -218,6 +240,7 @@ class PromptWidget(Container):
                 ids = layers.paint_objects(labels, masks, plane)
                 layers.clear_prompts(points, boxes)
                 layers.show_preview(preview, None, plane)
+                self._mask_source = None
                 show_info(f"added {len(ids)} object(s) to '{labels.name}' as label(s) {ids}")
         except SamtuneError as error:
             show_error(str(error))
