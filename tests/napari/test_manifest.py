@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from importlib import import_module, resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,3 +77,13 @@ def test_opening_a_widget_after_the_canvas_exists_does_not_crash_napari():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0 and "opened" in result.stdout, result.stderr[-3000:]
+
+
+def test_hub_metadata_manifest_and_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    assert MANIFEST.visibility == "public"
+    assert {"Segmentation", "Annotation"} <= {str(c.value) for c in MANIFEST.categories}
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert "Framework :: napari" in project["classifiers"]
+    assert {"Homepage", "Documentation"} <= set(project["urls"])
+    assert project["entry-points"]["napari.manifest"]["napari-samtune"] == "napari_samtune:napari.yaml"
