@@ -10,7 +10,7 @@ run by ``workers.run_job``).
 
 from functools import partial
 
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
@@ -23,9 +23,10 @@ from ..core.segmenter import Segmenter
 from ..services import layers, refining
 from ..services.layers import LayerError
 from ..services.segmenting import ModelRequest, follow_objects, prepare_segmenter
-from ..services.session import SEGMENTATION, session_for
+from ..services.session import session_for
 from .connections import Connections
 from .model_choice import model_fields, model_request, show_model_fields
+from .prompt_controls import prompt_buttons
 from .workers import run_job
 
 NO_IMAGE = "no image to segment: open one (e.g. File > Open Sample > SAM tune) and choose it under 'image'"
@@ -45,39 +46,9 @@ class PromptWidget(Container):
         self._image = ComboBox(name="image", choices=self._image_choices, tooltip="The image layer to segment")
         self._model_name, self._checkpoint, self._adapter = model_fields()
         self._state = Label(name="embeddings")
-        self._encode = PushButton(
-            name="encode",
-            text="Encode",
-            tooltip="Compute the embeddings of every plane now (cached on disk); click again to cancel",
-        )
-        self._live = CheckBox(
-            name="live_preview", text="live preview", value=True, tooltip="Segment whenever the prompts change"
-        )
-        self._segment = PushButton(
-            name="segment",
-            text="Segment",
-            tooltip="Preview the objects prompted on the current slice (encodes it first if needed). Click points "
-            "on 'prompts' (t or n: toggle positive/negative), draw rectangles on 'boxes': one object per box, and "
-            "per positive point outside boxes",
-        )
-        self._commit = PushButton(
-            name="commit",
-            text="Commit",
-            tooltip=f"Add the objects to '{SEGMENTATION}' as new labels and clear the prompts [c]",
-        )
-        self._propagate = PushButton(
-            name="propagate",
-            text="Propagate",
-            tooltip=f"Stacks: segment the objects prompted on this slice, follow each one up and down the stack until "
-            f"it vanishes or changes too much, and add them to '{SEGMENTATION}' as new labels; click again to cancel",
-        )
-        self._refine = PushButton(
-            name="refine_labels",
-            text="Refine labels",
-            tooltip="Select a Labels layer (e.g. made elsewhere) in the layer list: each of its objects on this slice "
-            "becomes a mask prompt, refined by the model into the preview; Commit adds them as new labels",
-        )
-        self._clear = PushButton(name="clear_prompts", text="Clear", tooltip="Remove all prompts and the preview")
+        buttons = prompt_buttons()
+        self._encode, self._live, self._segment, self._commit = buttons[:4]
+        self._propagate, self._refine, self._clear = buttons[4:]
         models = (self._model_name, self._checkpoint, self._adapter)
         controls = (self._image, *models, self._state, self._encode, self._live)
         super().__init__(widgets=[*controls, self._segment, self._refine, self._commit, self._propagate, self._clear])
@@ -237,11 +208,8 @@ class PromptWidget(Container):
                 show_info("nothing to commit: click points or draw boxes first")
             else:
                 labels = self._session.segmentation_layer(image)
-                ids = layers.paint_objects(labels, masks, plane)
-                layers.clear_prompts(points, boxes)
-                layers.show_preview(preview, None, plane)
+                show_info(layers.commit_objects(labels, (masks, plane), points, boxes, preview))
                 self._mask_source = None
-                show_info(f"added {len(ids)} object(s) to '{labels.name}' as label(s) {ids}")
         except SamtuneError as error:
             show_error(str(error))
 
@@ -305,16 +273,9 @@ class PromptWidget(Container):
         self._job_returned(request, image, segmenter)
         try:
             labels = self._session.segmentation_layer(image)
-            ids = layers.paint_stack_objects(labels, objects)
+            show_info(layers.commit_objects(labels, objects, *self._prompt_layers(image)))
         except LayerError as error:
             show_error(str(error))
-            return
-        points, boxes, preview = self._prompt_layers(image)
-        layers.clear_prompts(points, boxes)
-        layers.show_preview(preview, None, None)
-        planes = sorted({plane for found in objects for plane in found})
-        where = f" on slices {planes[0]} to {planes[-1]}" if planes else ""
-        show_info(f"added {len(ids)} object(s) to '{labels.name}'{where} as label(s) {ids}")
 
     def _job_failed(self, error: Exception) -> None:
         self._pending = None
@@ -332,17 +293,7 @@ class PromptWidget(Container):
 
     def _show_state(self) -> None:
         """Say whether the current slice's embeddings are ready (cached) or still to compute."""
-        if self._busy:
-            return
-        image = self._image.value
-        segmenter = self._current_segmenter(image) if image is not None else None
-        if segmenter is None:
-            self._state.value = "not computed yet" if image is not None else "no image"
-            return
-        try:
-            plane = layers.current_plane(image, self._viewer.dims.point)
-        except LayerError:
-            self._state.value = "slice outside the image"
-            return
-        where = "" if plane is None else f"slice {plane}: "
-        self._state.value = where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")
+        if not self._busy:
+            image = self._image.value
+            segmenter = self._current_segmenter(image) if image is not None else None
+            self._state.value = layers.embedding_state(image, segmenter, self._viewer.dims.point)

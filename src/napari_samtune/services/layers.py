@@ -16,7 +16,7 @@ from napari.layers import Image, Labels, Layer, Points, Shapes
 
 from ..core.errors import SamtuneError
 from ..core.predictor import ObjectPrompt
-from ..core.segmenter import masks_to_labels
+from ..core.segmenter import Segmenter, masks_to_labels
 
 POSITIVE, NEGATIVE = "positive", "negative"
 POLARITY_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
@@ -58,6 +58,20 @@ def current_plane(image: Image, world_point: Sequence[float]) -> int | None:
             f"the current slice is outside image {image.name!r} (planes 0 to {shape[0] - 1}); move the slider onto it"
         )
     return plane
+
+
+def embedding_state(image: Image | None, segmenter: Segmenter | None, world_point: Sequence[float]) -> str:
+    """What the prompt widget's state line says: whether the current slice's embeddings are ready."""
+    if image is None:
+        return "no image"
+    if segmenter is None:
+        return "not computed yet"
+    try:
+        plane = current_plane(image, world_point)
+    except LayerError:
+        return "slice outside the image"
+    where = "" if plane is None else f"slice {plane}: "
+    return where + ("cached" if segmenter.is_encoded(plane or 0) else "not computed yet")
 
 
 def prompt_points(image: Image, name: str = "prompts") -> Points:
@@ -199,6 +213,27 @@ def paint_stack_objects(labels: Labels, objects: Sequence[dict[int, np.ndarray]]
         for plane, mask in planes.items():
             painted[plane][mask] = start + i
     return _write_new_labels(labels, painted, None)
+
+
+def commit_objects(
+    labels: Labels,
+    found: tuple[np.ndarray, int | None] | Sequence[dict[int, np.ndarray]],
+    points: Points,
+    boxes: Shapes,
+    preview: Labels,
+) -> str:
+    """Add the objects to ``labels`` as new ids (one undo step), clear the prompts and the preview; returns what to
+    tell the user. found: ``(masks (N, H, W), plane)`` of one slice, or objects followed through a stack (each
+    ``{plane: mask}``)."""
+    if isinstance(found, tuple):
+        ids, where = paint_objects(labels, *found), ""
+    else:
+        ids = paint_stack_objects(labels, found)
+        planes = sorted({plane for planes in found for plane in planes})
+        where = f" on slices {planes[0]} to {planes[-1]}" if planes else ""
+    clear_prompts(points, boxes)
+    show_preview(preview, None, None)
+    return f"added {len(ids)} object(s) to '{labels.name}'{where} as label(s) {ids}"
 
 
 def _write_new_labels(labels: Labels, painted: np.ndarray, plane: int | None) -> list[int]:
