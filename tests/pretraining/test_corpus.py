@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_samtune.pretraining.batches import sample_batch
 from napari_samtune.pretraining.corpus import SOURCES, CorpusImage, cut_frame, default_corpus_dir, load_corpus
-from napari_samtune.pretraining.recipe import RECIPES, pretrain, sample_batch
+from napari_samtune.pretraining.recipe import RECIPES, pretrain
 from tests.core.conftest import TINY
 
 needs_corpus = pytest.mark.skipif(
@@ -89,7 +90,7 @@ def test_a_corpus_run_lowers_the_loss_and_resumes_exactly(small_corpus, tmp_path
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # batches mix the sources by their weights: the corpus appears, and every object lies inside its frame
-    from napari_samtune.pretraining.recipe import build_pool
+    from napari_samtune.pretraining.scenes import build_pool
 
     pool = build_pool(4, config.seed, TINY.img_size)
     batch = sample_batch(pool, config, 3, small_corpus)

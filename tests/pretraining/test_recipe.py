@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samtune.pretraining.recipe import PretrainConfig, build_pool, pretrain, sample_batch
+from napari_samtune.pretraining.batches import sample_batch
+from napari_samtune.pretraining.recipe import PretrainConfig, pretrain
+from napari_samtune.pretraining.scenes import build_pool
 from tests.core.conftest import TINY
 
 CONFIG = PretrainConfig(
