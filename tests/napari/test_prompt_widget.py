@@ -111,7 +111,10 @@ def test_live_preview_follows_the_points_with_a_real_worker_thread(make_napari_v
     viewer.layers["prompts"].add([[128.0, 128.0]])
     # throttle, encoding thread, then the preview; the state line is updated by the encoding job's own signal, which
     # may arrive just after the preview's
-    qtbot.waitUntil(lambda: preview.data.any() and widget.embeddings.value == "cached", timeout=10_000)
+    try:
+        qtbot.waitUntil(lambda: preview.data.any() and widget.embeddings.value == "cached", timeout=10_000)
+    except Exception:
+        raise AssertionError(f"preview {preview.data.any()}, state {widget.embeddings.value!r}") from None
     assert widget.encode.text == "Encode"
     widget.clear_prompts.native.click()
     assert len(viewer.layers["prompts"].data) == 0 and not preview.data.any()

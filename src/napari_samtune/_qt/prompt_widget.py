@@ -262,7 +262,8 @@ class PromptWidget(Container):
         )
 
     def _show_progress(self, event: dict) -> None:
-        self._state.value = f"encoded {event['done']}/{event['total']}" if "total" in event else event["stage"]
+        if self._busy:  # a progress event delivered after the job finished must not hide the final state
+            self._state.value = f"encoded {event['done']}/{event['total']}" if "total" in event else event["stage"]
 
     def _job_returned(self, request: ModelRequest, image: Image, segmenter: Segmenter) -> None:
         self._session.keep_segmenter(segmenter, image)
