@@ -6,6 +6,7 @@ import functools
 import http.server
 import threading
 
+import numpy as np
 import pytest
 
 from napari_samtune.core.models import SamModel
@@ -37,3 +38,28 @@ def http_server(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
+
+
+def disc_images(
+    n: int,
+    size: int,
+    seed: int = 0,
+    radius_divisors: tuple[float, float] = (8, 5),
+    levels: tuple[float, float, float] = (0.1, 0.9, 0.9),
+    scale: float = 1.0,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` float32 images of two discs each (label values 1 and 2, radius between ``size / radius_divisors[0]`` and
+    ``size / radius_divisors[1]``) on a noisy background, and their label images. ``levels``: the intensity of the
+    background, disc 1 and disc 2; ``scale`` multiplies the image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, labels = [], []
+    for _ in range(n):
+        lab = np.zeros((size, size), np.int32)
+        for value in (1, 2):
+            r = rng.uniform(size / radius_divisors[0], size / radius_divisors[1])
+            cy, cx = rng.uniform(r, size - r, 2)
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
+        images.append((scale * (np.array(levels)[lab] + rng.normal(0, 0.03, lab.shape))).astype(np.float32))
+        labels.append(lab)
+    return images, labels

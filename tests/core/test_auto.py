@@ -29,25 +29,14 @@ from napari_samtune.core.training.fine_tune import fine_tune
 from napari_samtune.core.training.interactive import InteractiveSettings
 from napari_samtune.core.training.loop import TrainConfig
 
-from .conftest import make_model
+from .conftest import disc_images, make_model
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def discs(n: int = 4, size: int = 64, seed: int = 0) -> TrainingData:
     """Bright discs (two objects per image) on a dark, noisy background, as instance labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images, labels = [], []
-    for _ in range(n):
-        lab = np.zeros((size, size), np.int32)
-        for value in (1, 2):
-            r = rng.uniform(size / 8, size / 5)
-            cy, cx = rng.uniform(r, size - r, 2)
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
-        images.append((np.where(lab > 0, 0.9, 0.1) + rng.normal(0, 0.03, lab.shape)).astype(np.float32))
-        labels.append(lab)
-    return prepare_training_data(images, labels, task="instances")
+    return prepare_training_data(*disc_images(n, size, seed), task="instances")
 
 
 def cheap(config: Configuration, **changes) -> Configuration:

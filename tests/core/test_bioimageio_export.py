@@ -29,26 +29,14 @@ from napari_samtune.core.training.fine_tune import fine_tune  # noqa: E402
 from napari_samtune.core.training.loop import TrainConfig  # noqa: E402
 from napari_samtune.core.training.lora import LoraSettings  # noqa: E402
 
-from .conftest import TINY, make_model  # noqa: E402
+from .conftest import TINY, disc_images, make_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 def discs(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``n`` grey images of bright discs (class 1) and dimmer ones (class 2) with their label images."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images, labels = [], []
-    for _ in range(n):
-        lab = np.zeros((size, size), np.int32)
-        for value in (1, 2):
-            r = rng.uniform(size / 6, size / 4)
-            cy, cx = rng.uniform(r, size - r, 2)
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
-        image = np.array([0.1, 0.9, 0.5])[lab] + rng.normal(0, 0.03, lab.shape)
-        images.append((1000 * image).astype(np.float32))
-        labels.append(lab)
-    return images, labels
+    return disc_images(n, size, seed, radius_divisors=(6, 4), levels=(0.1, 0.9, 0.5), scale=1000)
 
 
 def train_blo(folder, settings: BLOSettings) -> Adapter:

@@ -33,7 +33,7 @@ import torch
 from .automatic import InstanceSettings, class_logits, grid_points, logits_to_result, renumber_labels, segment_instances
 from .embeddings import PlaneEmbedding, Tiling, encode_tiles, tile_grid, tile_inputs
 from .errors import SamtuneError
-from .image import Normalization, Volume, _percentiles
+from .image import Normalization, Volume, intensity_range
 from .models.registry import SamModel
 from .predictor import Predictor
 
@@ -306,7 +306,7 @@ def segment_large_image(
     plan.tiles  # noqa: B018 (refuses images that fit the model input, before anything is written)
     instances = model.prompt_embeddings is None
     stride = max(1, int(np.ceil((data.size / 4_000_000) ** 0.5)))  # the sample the whole-image path takes
-    low, high = _percentiles(np.asarray(data[::stride, ::stride])[None], Normalization())
+    low, high = intensity_range(np.asarray(data[::stride, ::stride])[None], Normalization())
     layout = {
         "format": STORE_FORMAT,
         "shape": list(plan.shape),

@@ -121,7 +121,7 @@ def as_volume(
         raise ImageError(f"image of shape {image.shape} is too small to segment (each side needs ≥ 8 pixels)")
     is_stack = spatial == 3
     planes = data if is_stack else data[None]
-    low, high = _percentiles(planes, normalization or Normalization())
+    low, high = intensity_range(planes, normalization or Normalization())
     return Volume(planes=planes, low=low, high=high, is_stack=is_stack)
 
 
@@ -142,7 +142,9 @@ def _combine_channels(data: np.ndarray, channel_axis: int, channel: Channel) -> 
     raise ImageError(f"channel must be a channel index, 'mean' or 'rgb'; got {channel!r}")
 
 
-def _percentiles(planes: np.ndarray, norm: Normalization) -> tuple[float, float]:
+def intensity_range(planes: np.ndarray, norm: Normalization) -> tuple[float, float]:
+    """The intensities ``norm`` maps to 0 and 255 for ``(Z, H, W[, C])`` planes (block-wise work passes a subsample
+    of a plane too large to read whole)."""
     # Percentiles of a strided subsample: exact enough for a display-like mapping, fast on large stacks.
     step = max(1, int(np.ceil((planes.size / 4_000_000) ** 0.5)))
     sample = np.asarray(planes[:, ::step, ::step], dtype=np.float64)
